@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""One entry point for newcomers and CI; needs only Python 3.11+.
+
+    python3 dev.py demo    # set up .venv, migrate the example project (SQLite), run the demo
+    python3 dev.py test    # set up .venv, run the test suite on SQLite, then on PostgreSQL
+    python3 dev.py check   # ruff, mypy --strict, makemigrations --check, mkdocs build --strict
+
+The first run creates ``.venv`` and installs the project with its ``dev`` extra; later
+runs reuse it until ``pyproject.toml`` changes.
+
+``dev.py test`` runs the PostgreSQL and Redis tests when those servers answer (settings:
+``EVENTSOURCE_TEST_PG_*``, ``EVENTSOURCE_TEST_REDIS_URL``). With
+``EVENTSOURCE_REQUIRE_SERVICES=1`` (as in CI) a missing server is an error, not a skip.
+Extra arguments are passed to pytest: ``python3 dev.py test -k outbox -x``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / "python"
+STAMP = VENV / ".installed"
+
+
+def run(*args: str | Path, env: dict[str, str] | None = None) -> None:
+    cmd = [str(a) for a in args]
+    print("+", " ".join(cmd), flush=True)
+    completed = subprocess.run(cmd, cwd=ROOT, env=env)
+    if completed.returncode:
+        sys.exit(completed.returncode)
+
+
+def ensure_venv() -> None:
+    if sys.version_info < (3, 11):
+        sys.exit("django-eventsource needs Python 3.11 or newer")
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == digest and PYTHON.exists():
+        return
+    if not PYTHON.exists():
+        print(f"Creating {VENV} ...", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    run(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    run(PYTHON, "-m", "pip", "install", "--quiet", "-e", ".[dev]")
+    STAMP.write_text(digest)
+
+
+def reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def demo(args: list[str]) -> None:
+    ensure_venv()
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "example_project.settings"}
+    run(PYTHON, "manage.py", "migrate", "--no-input", "-v", "0", env=env)
+    run(PYTHON, "manage.py", "demo", *args, env=env)
+
+
+def test(args: list[str]) -> None:
+    ensure_venv()
+    require = os.environ.get("EVENTSOURCE_REQUIRE_SERVICES") == "1"
+    pg_host = os.environ.get("EVENTSOURCE_TEST_PG_HOST", "127.0.0.1")
+    pg_port = int(os.environ.get("EVENTSOURCE_TEST_PG_PORT", "5432"))
+    backends = ["sqlite"]
+    if reachable(pg_host, pg_port):
+        backends.append("postgres")
+    elif require:
+        sys.exit(f"PostgreSQL is required but not reachable on {pg_host}:{pg_port}")
+    else:
+        print(f"PostgreSQL not reachable on {pg_host}:{pg_port}: its tests are skipped", flush=True)
+    for backend in backends:
+        print(f"\n=== test suite on {backend} ===", flush=True)
+        env = {**os.environ, "EVENTSOURCE_TEST_DB": backend}
+        run(PYTHON, "-m", "pytest", *args, env=env)
+
+
+def check(args: list[str]) -> None:
+    ensure_venv()
+    run(PYTHON, "-m", "ruff", "check", ".")
+    run(PYTHON, "-m", "mypy", "django_eventsource")
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "example_project.settings"}
+    run(PYTHON, "manage.py", "makemigrations", "--check", "--dry-run", env=env)
+    run(PYTHON, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(VENV / "site"))
+
+
+COMMANDS = {"demo": demo, "test": test, "check": check}
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        print(__doc__)
+        sys.exit(2)
+    COMMANDS[sys.argv[1]](sys.argv[2:])
+
+
+if __name__ == "__main__":
+    main()

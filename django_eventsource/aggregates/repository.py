@@ -1,0 +1,234 @@
+"""``AggregateRepository``: load aggregates from their events and save new ones atomically."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+from uuid import UUID
+
+from asgiref.sync import sync_to_async
+from pydantic import ValidationError
+
+from ..context import get_event_context
+from ..events.base import DomainEvent
+from ..exceptions import AggregateNotFoundError, InvalidEventError
+from ..stores._validation import coerce_uuid
+from ..stores.interface import AppendResult, EventPublisher, EventStore
+from .base import AggregateRoot
+from .snapshots import SnapshotData, SnapshotStore
+
+logger = logging.getLogger("django_eventsource")
+
+TAggregate = TypeVar("TAggregate", bound=AggregateRoot[Any])
+
+
+class AggregateRepository(Generic[TAggregate]):
+    """Loads and saves one aggregate type through an ``EventStore``.
+
+    ``save`` appends the aggregate's uncommitted events with optimistic locking. With
+    ``DjangoEventStore`` it runs inside ``transaction.atomic`` (joining the caller's
+    transaction), writes outbox rows and a due snapshot in the same transaction, and calls
+    ``event_publisher`` only after the transaction commits.
+
+    ``tenant_id`` binds the repository to one tenant: new events are stamped with it and
+    aggregates of other tenants are not found.
+    """
+
+    def __init__(
+        self,
+        event_store: EventStore,
+        aggregate_factory: Callable[[UUID], TAggregate],
+        aggregate_type: str | None = None,
+        event_publisher: EventPublisher | None = None,
+        snapshot_store: SnapshotStore | None = None,
+        snapshot_every: int | None = None,
+        tenant_id: UUID | None = None,
+    ) -> None:
+        resolved_type = aggregate_type or getattr(aggregate_factory, "aggregate_type", None)
+        if not resolved_type:
+            raise TypeError("aggregate_type is required when the factory does not define it")
+        if snapshot_every is not None and snapshot_every < 1:
+            raise ValueError("snapshot_every must be a positive integer")
+        if snapshot_every is not None and snapshot_store is None:
+            raise ValueError("snapshot_every needs a snapshot_store")
+        self.event_store = event_store
+        self.aggregate_factory = aggregate_factory
+        self.aggregate_type: str = resolved_type
+        self.event_publisher = event_publisher
+        self.snapshot_store = snapshot_store
+        self.snapshot_every = snapshot_every
+        self.tenant_id = coerce_uuid(tenant_id, "tenant_id") if tenant_id is not None else None
+
+    # -- loading ------------------------------------------------------------------------
+
+    def create_new(self, aggregate_id: UUID) -> TAggregate:
+        """A new, empty aggregate (nothing is stored until ``save``)."""
+        return self.aggregate_factory(coerce_uuid(aggregate_id, "aggregate_id"))
+
+    def load(self, aggregate_id: UUID) -> TAggregate:
+        """Rebuild an aggregate from its snapshot and events; ``AggregateNotFoundError`` if none."""
+        agg_id = coerce_uuid(aggregate_id, "aggregate_id")
+        aggregate = self.aggregate_factory(agg_id)
+        from_version = self._restore_snapshot(aggregate)
+        stream = self.event_store.get_events(agg_id, self.aggregate_type, from_version=from_version)
+        if stream.is_empty and from_version == 0:
+            raise AggregateNotFoundError(agg_id, self.aggregate_type)
+        if self.tenant_id is not None and any(
+            e.tenant_id != self.tenant_id for e in stream.events
+        ):
+            raise AggregateNotFoundError(agg_id, self.aggregate_type)
+        aggregate.load_from_history(stream.events)
+        return aggregate
+
+    def _restore_snapshot(self, aggregate: TAggregate) -> int:
+        if self.snapshot_store is None:
+            return 0
+        snapshot = self.snapshot_store.get_snapshot(aggregate.aggregate_id, self.aggregate_type)
+        if snapshot is None:
+            return 0
+        if snapshot.schema_version != type(aggregate).schema_version:
+            logger.info(
+                "Ignoring snapshot of %s %s: schema version %s, aggregate is at %s",
+                self.aggregate_type,
+                aggregate.aggregate_id,
+                snapshot.schema_version,
+                type(aggregate).schema_version,
+            )
+            return 0
+        if self.tenant_id is not None and snapshot.tenant_id != self.tenant_id:
+            raise AggregateNotFoundError(aggregate.aggregate_id, self.aggregate_type)
+        try:
+            aggregate.restore_snapshot(snapshot.state, snapshot.version)
+        except ValidationError:
+            logger.warning(
+                "Snapshot of %s %s no longer validates; replaying all events",
+                self.aggregate_type,
+                aggregate.aggregate_id,
+                exc_info=True,
+            )
+            fresh = self.aggregate_factory(aggregate.aggregate_id)
+            aggregate.__dict__.update(fresh.__dict__)
+            return 0
+        return snapshot.version
+
+    def load_or_create(self, aggregate_id: UUID) -> TAggregate:
+        """Load the aggregate, or return a new one when it has no events."""
+        try:
+            return self.load(aggregate_id)
+        except AggregateNotFoundError:
+            return self.create_new(aggregate_id)
+
+    def exists(self, aggregate_id: UUID) -> bool:
+        """Whether the aggregate has stored events (visible to this repository's tenant)."""
+        return self.get_version(aggregate_id) > 0
+
+    def get_version(self, aggregate_id: UUID) -> int:
+        """The stored version of the aggregate (0 when it does not exist)."""
+        agg_id = coerce_uuid(aggregate_id, "aggregate_id")
+        if self.tenant_id is None:
+            return self.event_store.get_stream_version(agg_id, self.aggregate_type)
+        stream = self.event_store.get_events(agg_id, self.aggregate_type)
+        if any(e.tenant_id != self.tenant_id for e in stream.events):
+            return 0
+        return stream.version
+
+    # -- saving -------------------------------------------------------------------------
+
+    def save(self, aggregate: TAggregate) -> AppendResult | None:
+        """Append the aggregate's uncommitted events; returns ``None`` when there were none.
+
+        Raises ``OptimisticLockError`` when the aggregate was changed concurrently.
+        """
+        pending = aggregate.uncommitted_events
+        if not pending:
+            return None
+        if aggregate.aggregate_type != self.aggregate_type:
+            raise InvalidEventError(
+                f"This repository stores {self.aggregate_type!r} aggregates, "
+                f"not {aggregate.aggregate_type!r}"
+            )
+        events = [self._stamp(event) for event in pending]
+        expected_version = aggregate.version - len(events)
+        store = self.event_store
+        with store.atomic():
+            result = store.append_events(
+                aggregate.aggregate_id, self.aggregate_type, events, expected_version
+            )
+            if self._snapshot_due(expected_version, aggregate.version):
+                assert self.snapshot_store is not None
+                self.snapshot_store.save_snapshot(
+                    SnapshotData(
+                        aggregate_id=aggregate.aggregate_id,
+                        aggregate_type=self.aggregate_type,
+                        version=aggregate.version,
+                        schema_version=type(aggregate).schema_version,
+                        state=aggregate.snapshot_state(),
+                        tenant_id=self.tenant_id or events[-1].tenant_id,
+                    )
+                )
+            if self.event_publisher is not None:
+                publisher = self.event_publisher
+                store.on_commit(lambda: self._publish(publisher, events))
+        aggregate.mark_events_as_committed()
+        return result
+
+    def _snapshot_due(self, old_version: int, new_version: int) -> bool:
+        every = self.snapshot_every
+        if not every or self.snapshot_store is None:
+            return False
+        return old_version // every != new_version // every
+
+    def _stamp(self, event: DomainEvent) -> DomainEvent:
+        """Fill tenant, actor, correlation and causation from the repository and context."""
+        updates: dict[str, Any] = {}
+        if self.tenant_id is not None:
+            if event.tenant_id is None:
+                updates["tenant_id"] = self.tenant_id
+            elif event.tenant_id != self.tenant_id:
+                raise InvalidEventError(
+                    f"Event {event.event_id} belongs to tenant {event.tenant_id}, but this "
+                    f"repository is bound to tenant {self.tenant_id}"
+                )
+        ctx = get_event_context()
+        explicit = event.model_fields_set
+        if ctx.actor_id is not None and event.actor_id is None:
+            updates["actor_id"] = ctx.actor_id
+        if ctx.correlation_id is not None and "correlation_id" not in explicit:
+            updates["correlation_id"] = ctx.correlation_id
+        if ctx.causation_id is not None and event.causation_id is None:
+            updates["causation_id"] = ctx.causation_id
+        return event.model_copy(update=updates) if updates else event
+
+    @staticmethod
+    def _publish(publisher: EventPublisher, events: list[DomainEvent]) -> None:
+        try:
+            publisher.publish(events)
+        except Exception:
+            # The events are committed; a failed in-process publish must not turn a
+            # successful save into an error. Use the outbox for guaranteed delivery.
+            logger.exception(
+                "Publishing %d committed event(s) failed",
+                len(events),
+                extra={"event_ids": [str(e.event_id) for e in events]},
+            )
+
+    # -- async twins --------------------------------------------------------------------
+
+    async def aload(self, aggregate_id: UUID) -> TAggregate:
+        return await sync_to_async(self.load)(aggregate_id)
+
+    async def aload_or_create(self, aggregate_id: UUID) -> TAggregate:
+        return await sync_to_async(self.load_or_create)(aggregate_id)
+
+    async def asave(self, aggregate: TAggregate) -> AppendResult | None:
+        return await sync_to_async(self.save)(aggregate)
+
+    async def aexists(self, aggregate_id: UUID) -> bool:
+        return await sync_to_async(self.exists)(aggregate_id)
+
+    async def aget_version(self, aggregate_id: UUID) -> int:
+        return await sync_to_async(self.get_version)(aggregate_id)
+
+
+__all__ = ["AggregateRepository"]

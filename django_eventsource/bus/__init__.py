@@ -1,0 +1,1 @@
+"""Event buses: in-process and Redis Streams."""

@@ -1,0 +1,148 @@
+"""The immutable ``DomainEvent`` base class."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Self
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: Fields stored in dedicated columns of the event table; everything else is the payload.
+ENVELOPE_FIELDS: frozenset[str] = frozenset(
+    {
+        "event_id",
+        "event_type",
+        "event_version",
+        "occurred_at",
+        "aggregate_id",
+        "aggregate_type",
+        "aggregate_version",
+        "tenant_id",
+        "actor_id",
+        "correlation_id",
+        "causation_id",
+        "metadata",
+    }
+)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class DomainEvent(BaseModel):
+    """Base class for every domain event: an immutable fact about one aggregate.
+
+    Subclasses add their own fields. ``event_type`` defaults to the class name; set
+    ``event_type: str = "OtherName"`` to store the event under another name. Unknown
+    fields are rejected, so a typo in a field name is an error, not silently dropped.
+
+    Example::
+
+        @register_event
+        class OrderCreated(DomainEvent):
+            aggregate_type: str = "Order"
+            customer_id: UUID
+            total: Decimal
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: UUID = Field(default_factory=uuid4)
+    event_type: str = ""
+    event_version: int = Field(default=1, ge=1)
+    occurred_at: datetime = Field(default_factory=_utcnow)
+    aggregate_id: UUID
+    aggregate_type: str
+    aggregate_version: int = Field(default=1, ge=1)
+    tenant_id: UUID | None = None
+    actor_id: str | None = None
+    correlation_id: UUID = Field(default_factory=uuid4)
+    causation_id: UUID | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    #: Cached type name, filled once per class by ``event_type_name()``.
+    _type_name: ClassVar[str | None] = None
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        cls._type_name = None
+
+    @classmethod
+    def event_type_name(cls) -> str:
+        """The name this class is stored and registered under."""
+        name = cls._type_name
+        if name is None:
+            default = cls.model_fields["event_type"].default
+            name = default if isinstance(default, str) and default else cls.__name__
+            cls._type_name = name
+        return name
+
+    @classmethod
+    def current_event_version(cls) -> int:
+        """The schema version new events of this class are written with."""
+        default = cls.model_fields["event_version"].default
+        return int(default) if isinstance(default, int) else 1
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_event_type(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("event_type"):
+            data = {**data, "event_type": cls.event_type_name()}
+        return data
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _aware_utc(cls, value: datetime) -> datetime:
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("occurred_at must be timezone-aware")
+        return value.astimezone(UTC)
+
+    # -- derivation helpers -------------------------------------------------------------
+
+    def with_causation(self, event: DomainEvent) -> Self:
+        """Return a copy caused by ``event``: same correlation id, causation = its id."""
+        return self.model_copy(
+            update={"causation_id": event.event_id, "correlation_id": event.correlation_id}
+        )
+
+    def with_metadata(self, **metadata: Any) -> Self:
+        """Return a copy whose metadata is merged with ``metadata``."""
+        return self.model_copy(update={"metadata": {**self.metadata, **metadata}})
+
+    def with_aggregate_version(self, version: int) -> Self:
+        """Return a copy with another ``aggregate_version`` (≥ 1)."""
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ValueError(f"aggregate_version must be an integer >= 1, got {version!r}")
+        return self.model_copy(update={"aggregate_version": version})
+
+    def is_caused_by(self, event: DomainEvent) -> bool:
+        """True when ``event`` is this event's direct cause."""
+        return self.causation_id == event.event_id
+
+    def is_correlated_with(self, event: DomainEvent) -> bool:
+        """True when both events belong to the same correlation (request, saga...)."""
+        return self.correlation_id == event.correlation_id
+
+    # -- serialization ------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-compatible dict (UUIDs, datetimes and Decimals become strings)."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Rebuild an event from ``to_dict()`` output (or a stored row)."""
+        return cls.model_validate(data)
+
+    def payload(self) -> dict[str, Any]:
+        """The event's own fields (everything but the envelope), JSON-compatible."""
+        return self.model_dump(mode="json", exclude=ENVELOPE_FIELDS)  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        return f"{self.event_type}({self.aggregate_type}:{self.aggregate_id} v{self.aggregate_version})"
+
+
+__all__ = ["ENVELOPE_FIELDS", "DomainEvent"]

@@ -1,0 +1,192 @@
+"""Django models backing the event store, checkpoints, dead letters, outbox and snapshots."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models.functions import Now
+from django.utils.translation import gettext_lazy as _
+
+
+class EventRecord(models.Model):
+    """One stored event. ``position`` is the global, gap-tolerant order of all events."""
+
+    position = models.BigAutoField(_("global position"), primary_key=True)
+    event_id = models.UUIDField(_("event id"), unique=True)
+    aggregate_type = models.CharField(_("aggregate type"), max_length=255)
+    aggregate_id = models.UUIDField(_("aggregate id"))
+    aggregate_version = models.PositiveIntegerField(_("aggregate version"))
+    event_type = models.CharField(_("event type"), max_length=255)
+    event_version = models.PositiveIntegerField(_("schema version"), default=1)
+    tenant_id = models.UUIDField(_("tenant id"), null=True, blank=True)
+    actor_id = models.CharField(_("actor id"), max_length=255, null=True, blank=True)
+    correlation_id = models.UUIDField(_("correlation id"))
+    causation_id = models.UUIDField(_("causation id"), null=True, blank=True)
+    occurred_at = models.DateTimeField(_("occurred at"))
+    recorded_at = models.DateTimeField(_("recorded at"), db_default=Now())
+    payload = models.JSONField(_("payload"), default=dict)
+    metadata = models.JSONField(_("metadata"), default=dict, blank=True)
+
+    class Meta:
+        db_table = "eventsource_event"
+        verbose_name = _("event")
+        verbose_name_plural = _("events")
+        ordering = ["position"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["aggregate_id", "aggregate_type", "aggregate_version"],
+                name="eventsource_event_stream_version_uniq",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["aggregate_type", "position"], name="es_event_aggtype_pos_idx"),
+            models.Index(fields=["event_type", "position"], name="es_event_type_pos_idx"),
+            models.Index(fields=["tenant_id", "position"], name="es_event_tenant_pos_idx"),
+            models.Index(fields=["correlation_id"], name="es_event_correlation_idx"),
+            models.Index(fields=["occurred_at"], name="es_event_occurred_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.position} {self.event_type} {self.aggregate_type}:{self.aggregate_id} v{self.aggregate_version}"
+
+    @property
+    def stream_id(self) -> str:
+        return f"{self.aggregate_id}:{self.aggregate_type}"
+
+
+class Checkpoint(models.Model):
+    """How far a projection has read: the last processed global position."""
+
+    projection_name = models.CharField(_("projection"), max_length=255, unique=True)
+    position = models.BigIntegerField(_("position"), default=0)
+    last_event_id = models.UUIDField(_("last event id"), null=True, blank=True)
+    last_event_type = models.CharField(_("last event type"), max_length=255, blank=True, default="")
+    events_processed = models.BigIntegerField(_("events processed"), default=0)
+    last_processed_at = models.DateTimeField(_("last processed at"), null=True, blank=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+    lease_owner = models.CharField(
+        _("lease owner"),
+        max_length=255,
+        blank=True,
+        default="",
+        help_text=_("Runner currently processing this projection (SQLite and other non-PostgreSQL backends)."),
+    )
+    lease_expires_at = models.DateTimeField(_("lease expires at"), null=True, blank=True)
+
+    class Meta:
+        db_table = "eventsource_checkpoint"
+        verbose_name = _("checkpoint")
+        verbose_name_plural = _("checkpoints")
+        ordering = ["projection_name"]
+
+    def __str__(self) -> str:
+        return f"{self.projection_name} @ {self.position}"
+
+
+class DeadLetter(models.Model):
+    """An event a projection could not handle after its retries."""
+
+    class Status(models.TextChoices):
+        FAILED = "failed", _("failed")
+        RETRYING = "retrying", _("retrying")
+        RESOLVED = "resolved", _("resolved")
+
+    event_id = models.UUIDField(_("event id"))
+    projection_name = models.CharField(_("projection"), max_length=255)
+    event_type = models.CharField(_("event type"), max_length=255)
+    global_position = models.BigIntegerField(_("global position"), null=True, blank=True)
+    event_data = models.JSONField(_("event data"), default=dict)
+    error_message = models.TextField(_("error message"), blank=True, default="")
+    error_stacktrace = models.TextField(_("stack trace"), blank=True, default="")
+    retry_count = models.PositiveIntegerField(_("attempts"), default=0)
+    status = models.CharField(_("status"), max_length=16, choices=Status.choices, default=Status.FAILED)
+    first_failed_at = models.DateTimeField(_("first failed at"), db_default=Now())
+    last_failed_at = models.DateTimeField(_("last failed at"), db_default=Now())
+    resolved_at = models.DateTimeField(_("resolved at"), null=True, blank=True)
+    resolved_by = models.CharField(_("resolved by"), max_length=255, blank=True, default="")
+
+    class Meta:
+        db_table = "eventsource_dead_letter"
+        verbose_name = _("dead letter")
+        verbose_name_plural = _("dead letters")
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["event_id", "projection_name"], name="eventsource_dead_letter_uniq"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["status", "projection_name"], name="es_dlq_status_proj_idx"),
+            models.Index(fields=["projection_name", "status"], name="es_dlq_proj_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.projection_name}: {self.event_type} {self.event_id} ({self.status})"
+
+
+class OutboxMessage(models.Model):
+    """An event waiting to be published to the event bus (transactional outbox)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("pending")
+        PUBLISHED = "published", _("published")
+        FAILED = "failed", _("failed")
+
+    event_id = models.UUIDField(_("event id"), unique=True)
+    event_type = models.CharField(_("event type"), max_length=255)
+    aggregate_id = models.UUIDField(_("aggregate id"))
+    aggregate_type = models.CharField(_("aggregate type"), max_length=255)
+    aggregate_version = models.PositiveIntegerField(_("aggregate version"), default=0)
+    tenant_id = models.UUIDField(_("tenant id"), null=True, blank=True)
+    event_data = models.JSONField(_("event data"), default=dict)
+    created_at = models.DateTimeField(_("created at"), db_default=Now())
+    status = models.CharField(
+        _("status"), max_length=16, choices=Status.choices, default=Status.PENDING
+    )
+    published_at = models.DateTimeField(_("published at"), null=True, blank=True)
+    retry_count = models.PositiveIntegerField(_("attempts"), default=0)
+    last_error = models.TextField(_("last error"), blank=True, default="")
+    next_attempt_at = models.DateTimeField(_("next attempt at"), null=True, blank=True)
+    claimed_by = models.CharField(_("claimed by"), max_length=255, blank=True, default="")
+    claimed_at = models.DateTimeField(_("claimed at"), null=True, blank=True)
+
+    class Meta:
+        db_table = "eventsource_outbox"
+        verbose_name = _("outbox message")
+        verbose_name_plural = _("outbox messages")
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["status", "id"], name="es_outbox_status_id_idx"),
+            models.Index(
+                fields=["aggregate_type", "aggregate_id", "aggregate_version"],
+                name="es_outbox_stream_idx",
+            ),
+            models.Index(fields=["status", "published_at"], name="es_outbox_published_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.event_id} ({self.status})"
+
+
+class Snapshot(models.Model):
+    """The latest saved state of one aggregate."""
+
+    aggregate_type = models.CharField(_("aggregate type"), max_length=255)
+    aggregate_id = models.UUIDField(_("aggregate id"))
+    version = models.PositiveIntegerField(_("version"))
+    schema_version = models.PositiveIntegerField(_("state schema version"), default=1)
+    state = models.JSONField(_("state"))
+    tenant_id = models.UUIDField(_("tenant id"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created at"))
+
+    class Meta:
+        db_table = "eventsource_snapshot"
+        verbose_name = _("snapshot")
+        verbose_name_plural = _("snapshots")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["aggregate_type", "aggregate_id"], name="eventsource_snapshot_uniq"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.aggregate_type}:{self.aggregate_id} v{self.version}"

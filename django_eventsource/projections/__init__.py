@@ -1,0 +1,1 @@
+"""Projections: read models built from events, with checkpoints, retries and dead letters."""

@@ -1,0 +1,1 @@
+"""Infrastructure repositories: checkpoints, dead letters and the outbox."""

@@ -1,0 +1,121 @@
+"""Input checks shared by every store, so all stores raise the same errors for the same input."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+from ..events.base import DomainEvent
+from ..exceptions import DuplicateEventIdError, InvalidEventError, OptimisticLockError
+from .interface import ExpectedVersion, make_stream_id
+
+
+def coerce_uuid(value: Any, what: str) -> UUID:
+    """Return ``value`` as a UUID, or raise ``InvalidEventError`` naming ``what``."""
+    if isinstance(value, UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return UUID(value)
+        except ValueError:
+            pass
+    raise InvalidEventError(f"{what} must be a UUID, got {value!r}")
+
+
+def validate_append(
+    aggregate_id: Any,
+    aggregate_type: Any,
+    events: Sequence[Any],
+    expected_version: Any,
+) -> tuple[UUID, list[DomainEvent]]:
+    """Check the arguments of ``append_events``; return the aggregate id and event list."""
+    agg_id = coerce_uuid(aggregate_id, "aggregate_id")
+    if not isinstance(aggregate_type, str) or not aggregate_type:
+        raise InvalidEventError(f"aggregate_type must be a non-empty string, got {aggregate_type!r}")
+    if (
+        not isinstance(expected_version, int)
+        or isinstance(expected_version, bool)
+        or expected_version < ExpectedVersion.STREAM_EXISTS
+    ):
+        raise InvalidEventError(
+            f"expected_version must be an integer >= 0 or an ExpectedVersion constant, "
+            f"got {expected_version!r}"
+        )
+    event_list = list(events)
+    seen: set[UUID] = set()
+    previous: int | None = None
+    for event in event_list:
+        if not isinstance(event, DomainEvent):
+            raise InvalidEventError(f"Expected DomainEvent instances, got {type(event).__name__}")
+        if event.aggregate_id != agg_id or event.aggregate_type != aggregate_type:
+            raise InvalidEventError(
+                f"Event {event.event_id} ({event.event_type}) belongs to "
+                f"{event.aggregate_type}:{event.aggregate_id}, not to {aggregate_type}:{agg_id}"
+            )
+        if event.event_id in seen:
+            raise InvalidEventError(f"Event id {event.event_id} appears twice in one append")
+        seen.add(event.event_id)
+        if previous is not None and event.aggregate_version != previous + 1:
+            raise InvalidEventError(
+                f"Event versions must be contiguous: {event.aggregate_version} follows {previous}"
+            )
+        previous = event.aggregate_version
+    return agg_id, event_list
+
+
+def check_existing_ids(
+    aggregate_id: UUID,
+    aggregate_type: str,
+    events: Sequence[DomainEvent],
+    existing: Mapping[UUID, tuple[str, UUID, int]],
+) -> bool:
+    """Decide what to do about event ids that are already stored.
+
+    ``existing`` maps stored event ids to ``(aggregate_type, aggregate_id, version)``.
+    Returns True when every event is already stored at its position (an idempotent
+    retry). Raises ``DuplicateEventIdError`` when one is stored elsewhere, and
+    ``OptimisticLockError`` when only part of the batch is stored.
+    """
+    if not existing:
+        return False
+    for event in events:
+        found = existing.get(event.event_id)
+        if found is None:
+            continue
+        stored_type, stored_id, stored_version = found
+        if (stored_type, stored_id, stored_version) != (
+            aggregate_type,
+            aggregate_id,
+            event.aggregate_version,
+        ):
+            raise DuplicateEventIdError(
+                event.event_id, make_stream_id(stored_id, stored_type), stored_version
+            )
+    if len(existing) == len(events):
+        return True
+    stored_max = max(v for (_, _, v) in existing.values())
+    raise OptimisticLockError(aggregate_id, events[0].aggregate_version - 1, stored_max)
+
+
+def check_versions(
+    aggregate_id: UUID,
+    events: Sequence[DomainEvent],
+    expected_version: int,
+    current_version: int,
+) -> None:
+    """Raise ``OptimisticLockError``/``InvalidEventError`` unless the append may proceed."""
+    if expected_version == ExpectedVersion.STREAM_EXISTS:
+        if current_version == 0:
+            raise OptimisticLockError(aggregate_id, expected_version, current_version)
+    elif expected_version != ExpectedVersion.ANY and expected_version != current_version:
+        raise OptimisticLockError(aggregate_id, expected_version, current_version)
+    first = events[0].aggregate_version
+    if first != current_version + 1:
+        if expected_version >= 0:
+            raise InvalidEventError(
+                f"The first event has aggregate_version {first} but the stream "
+                f"{aggregate_id} is at version {current_version}; expected {current_version + 1}"
+            )
+        # Events built against a stale view of the stream.
+        raise OptimisticLockError(aggregate_id, first - 1, current_version)

@@ -1,0 +1,334 @@
+"""The ``EventStore`` contract and its value objects."""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import Enum
+from typing import Any, Protocol, runtime_checkable
+from uuid import UUID
+
+from asgiref.sync import sync_to_async
+
+from ..events.base import DomainEvent
+
+
+class ExpectedVersion:
+    """Special values for ``append_events(expected_version=...)``.
+
+    Any other value ``n >= 0`` means "the stream is exactly at version n" (``0`` is the
+    same as ``NO_STREAM``).
+    """
+
+    ANY = -1
+    NO_STREAM = 0
+    STREAM_EXISTS = -2
+
+
+class ReadDirection(str, Enum):
+    """Order of a ``read_stream``/``read_all``."""
+
+    FORWARD = "forward"
+    BACKWARD = "backward"
+
+
+@dataclass(frozen=True, slots=True)
+class ReadOptions:
+    """Options for ``read_stream`` and ``read_all``.
+
+    ``from_position`` is exclusive: reading forward returns positions greater than it,
+    reading backward returns positions smaller than it (``0`` means "from the end").
+    Positions are stream versions for ``read_stream`` and global positions for
+    ``read_all``. Timestamps filter on ``occurred_at`` (inclusive).
+    """
+
+    direction: ReadDirection = ReadDirection.FORWARD
+    from_position: int = 0
+    limit: int | None = None
+    from_timestamp: datetime | None = None
+    to_timestamp: datetime | None = None
+    tenant_id: UUID | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event together with where it is stored."""
+
+    event: DomainEvent
+    stream_id: str
+    stream_position: int
+    global_position: int
+    stored_at: datetime
+
+    @property
+    def event_id(self) -> UUID:
+        return self.event.event_id
+
+    @property
+    def event_type(self) -> str:
+        return self.event.event_type
+
+    @property
+    def aggregate_id(self) -> UUID:
+        return self.event.aggregate_id
+
+    @property
+    def aggregate_type(self) -> str:
+        return self.event.aggregate_type
+
+
+@dataclass(frozen=True, slots=True)
+class EventStream:
+    """The events of one aggregate, in version order.
+
+    ``version`` is the stream version after the last returned event (or
+    ``from_version`` when no event was returned).
+    """
+
+    aggregate_id: UUID
+    aggregate_type: str
+    events: list[DomainEvent] = field(default_factory=list)
+    version: int = 0
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.events
+
+    @property
+    def latest_event(self) -> DomainEvent | None:
+        return self.events[-1] if self.events else None
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Outcome of ``append_events``: the stream's new version and the last global position."""
+
+    success: bool
+    new_version: int
+    global_position: int = 0
+
+    @classmethod
+    def successful(cls, new_version: int, global_position: int = 0) -> AppendResult:
+        return cls(success=True, new_version=new_version, global_position=global_position)
+
+
+def make_stream_id(aggregate_id: UUID, aggregate_type: str) -> str:
+    """The ``stream_id`` of an aggregate: ``"{aggregate_id}:{aggregate_type}"``."""
+    return f"{aggregate_id}:{aggregate_type}"
+
+
+def parse_stream_id(stream_id: str) -> tuple[UUID, str]:
+    """Split a ``stream_id`` into ``(aggregate_id, aggregate_type)``."""
+    from ..exceptions import InvalidEventError
+
+    raw_id, sep, aggregate_type = stream_id.partition(":")
+    try:
+        aggregate_id = UUID(raw_id)
+    except ValueError:
+        sep = ""
+    if not sep or not aggregate_type:
+        raise InvalidEventError(
+            f"Malformed stream id {stream_id!r}; expected '<aggregate uuid>:<aggregate type>'"
+        )
+    return aggregate_id, aggregate_type
+
+
+@runtime_checkable
+class EventPublisher(Protocol):
+    """Anything that can publish committed events (an ``EventBus``, for example)."""
+
+    def publish(self, events: list[DomainEvent]) -> Any: ...
+
+
+class EventStore(ABC):
+    """Durable, append-only storage of event streams.
+
+    Every I/O method is synchronous, with an ``a``-prefixed async twin that runs the
+    whole operation in one ``sync_to_async`` call.
+    """
+
+    #: Page size used by the async read iterators.
+    async_page_size: int = 500
+
+    # -- writing ------------------------------------------------------------------------
+
+    @abstractmethod
+    def append_events(
+        self,
+        aggregate_id: UUID,
+        aggregate_type: str,
+        events: Sequence[DomainEvent],
+        expected_version: int,
+    ) -> AppendResult:
+        """Append ``events`` to the stream atomically (all or none).
+
+        Raises ``OptimisticLockError`` when the stream is not at ``expected_version``
+        (see ``ExpectedVersion``), ``InvalidEventError`` for malformed input and
+        ``DuplicateEventIdError`` when an event id is stored elsewhere. Re-appending
+        events already stored at the same positions is an idempotent success.
+        """
+
+    # -- reading ------------------------------------------------------------------------
+
+    @abstractmethod
+    def get_events(
+        self,
+        aggregate_id: UUID,
+        aggregate_type: str | None = None,
+        from_version: int = 0,
+        from_timestamp: datetime | None = None,
+        to_timestamp: datetime | None = None,
+    ) -> EventStream:
+        """Events of one aggregate with ``aggregate_version > from_version``, in order."""
+
+    @abstractmethod
+    def get_events_by_type(
+        self,
+        aggregate_type: str,
+        tenant_id: UUID | None = None,
+        from_timestamp: datetime | None = None,
+    ) -> list[DomainEvent]:
+        """Every event of an aggregate type, in global order."""
+
+    @abstractmethod
+    def event_exists(self, event_id: UUID) -> bool:
+        """Whether an event with this id is stored."""
+
+    @abstractmethod
+    def get_stream_version(self, aggregate_id: UUID, aggregate_type: str) -> int:
+        """Current version of a stream (0 when it does not exist)."""
+
+    @abstractmethod
+    def read_stream(
+        self, stream_id: str, options: ReadOptions | None = None
+    ) -> Iterator[StoredEvent]:
+        """Iterate over one stream (``stream_id`` is ``"{aggregate_id}:{aggregate_type}"``)."""
+
+    @abstractmethod
+    def read_all(self, options: ReadOptions | None = None) -> Iterator[StoredEvent]:
+        """Iterate over every event in global order, never past ``safe_high_water_mark()``."""
+
+    def safe_high_water_mark(self) -> int:
+        """The highest global position below which no committed event can still appear.
+
+        Catch-up readers (projections, the outbox relay, ``read_all``) never read past
+        it, so they never skip an event committed late by a slow transaction.
+        """
+        return self.get_global_position()
+
+    @abstractmethod
+    def get_global_position(self) -> int:
+        """The highest global position stored (committed and visible), 0 when empty."""
+
+    # -- unit of work hooks used by AggregateRepository ----------------------------------
+
+    def atomic(self) -> contextlib.AbstractContextManager[Any]:
+        """A context in which several store writes commit together (no-op by default)."""
+        return contextlib.nullcontext()
+
+    def on_commit(self, callback: Callable[[], Any]) -> None:
+        """Run ``callback`` once the current unit of work commits (now, by default)."""
+        callback()
+
+    # -- async twins --------------------------------------------------------------------
+
+    async def aappend_events(
+        self,
+        aggregate_id: UUID,
+        aggregate_type: str,
+        events: Sequence[DomainEvent],
+        expected_version: int,
+    ) -> AppendResult:
+        return await sync_to_async(self.append_events)(
+            aggregate_id, aggregate_type, events, expected_version
+        )
+
+    async def aget_events(
+        self,
+        aggregate_id: UUID,
+        aggregate_type: str | None = None,
+        from_version: int = 0,
+        from_timestamp: datetime | None = None,
+        to_timestamp: datetime | None = None,
+    ) -> EventStream:
+        return await sync_to_async(self.get_events)(
+            aggregate_id, aggregate_type, from_version, from_timestamp, to_timestamp
+        )
+
+    async def aget_events_by_type(
+        self,
+        aggregate_type: str,
+        tenant_id: UUID | None = None,
+        from_timestamp: datetime | None = None,
+    ) -> list[DomainEvent]:
+        return await sync_to_async(self.get_events_by_type)(
+            aggregate_type, tenant_id, from_timestamp
+        )
+
+    async def aevent_exists(self, event_id: UUID) -> bool:
+        return await sync_to_async(self.event_exists)(event_id)
+
+    async def aget_stream_version(self, aggregate_id: UUID, aggregate_type: str) -> int:
+        return await sync_to_async(self.get_stream_version)(aggregate_id, aggregate_type)
+
+    async def asafe_high_water_mark(self) -> int:
+        return await sync_to_async(self.safe_high_water_mark)()
+
+    async def aget_global_position(self) -> int:
+        return await sync_to_async(self.get_global_position)()
+
+    async def aread_stream(
+        self, stream_id: str, options: ReadOptions | None = None
+    ) -> AsyncIterator[StoredEvent]:
+        """Async twin of ``read_stream``; fetches pages in worker threads."""
+        async for stored in self._apaged(
+            lambda opts: self.read_stream(stream_id, opts), options, by_stream=True
+        ):
+            yield stored
+
+    async def aread_all(self, options: ReadOptions | None = None) -> AsyncIterator[StoredEvent]:
+        """Async twin of ``read_all``; fetches pages in worker threads."""
+        async for stored in self._apaged(self.read_all, options, by_stream=False):
+            yield stored
+
+    async def _apaged(
+        self,
+        reader: Callable[[ReadOptions], Iterator[StoredEvent]],
+        options: ReadOptions | None,
+        *,
+        by_stream: bool,
+    ) -> AsyncIterator[StoredEvent]:
+        opts = options or ReadOptions()
+        remaining = opts.limit
+        position = opts.from_position
+        while remaining is None or remaining > 0:
+            page_size = self.async_page_size if remaining is None else min(
+                remaining, self.async_page_size
+            )
+            page_opts = replace(opts, from_position=position, limit=page_size)
+            page = await sync_to_async(lambda o=page_opts: list(reader(o)))()
+            for stored in page:
+                yield stored
+            if len(page) < page_size:
+                return
+            last = page[-1]
+            position = last.stream_position if by_stream else last.global_position
+            if remaining is not None:
+                remaining -= len(page)
+
+
+__all__ = [
+    "AppendResult",
+    "EventPublisher",
+    "EventStore",
+    "EventStream",
+    "ExpectedVersion",
+    "ReadDirection",
+    "ReadOptions",
+    "StoredEvent",
+    "make_stream_id",
+    "parse_stream_id",
+]

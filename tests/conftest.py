@@ -1,0 +1,60 @@
+"""Shared fixtures and the service policy.
+
+Tests marked ``postgres`` run only when the suite runs on PostgreSQL. Tests marked
+``redis`` need a Redis server: without one they are skipped, unless
+``EVENTSOURCE_REQUIRE_SERVICES=1`` (CI), where a missing server fails them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from urllib.parse import urlparse
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+REQUIRE_SERVICES = os.environ.get("EVENTSOURCE_REQUIRE_SERVICES") == "1"
+
+
+def _redis_reachable() -> bool:
+    url = urlparse(settings.REDIS_URL)
+    try:
+        with socket.create_connection((url.hostname or "127.0.0.1", url.port or 6379), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    on_postgres = connection.vendor == "postgresql"
+    redis_up: bool | None = None
+    for item in items:
+        if "postgres" in item.keywords and not on_postgres:
+            item.add_marker(pytest.mark.skip(reason="PostgreSQL-only test (suite runs on SQLite)"))
+        if "redis" in item.keywords:
+            if redis_up is None:
+                redis_up = _redis_reachable()
+            if not redis_up and not REQUIRE_SERVICES:
+                item.add_marker(pytest.mark.skip(reason=f"Redis not reachable at {settings.REDIS_URL}"))
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The Redis URL for tests; fails (CI) or skips when the server does not answer."""
+    if not _redis_reachable():
+        if REQUIRE_SERVICES:
+            pytest.fail(f"Redis is required but not reachable at {settings.REDIS_URL}")
+        pytest.skip(f"Redis not reachable at {settings.REDIS_URL}")
+    return str(settings.REDIS_URL)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_event_context() -> Iterator[None]:
+    from django_eventsource.context import _current, EventContext
+
+    token = _current.set(EventContext())
+    yield
+    _current.reset(token)

@@ -1,0 +1,151 @@
+"""Health and lag figures for monitoring: per projection, dead letters, outbox, held-back readers.
+
+``get_health()`` gathers them in a handful of indexed queries; ``views.health`` serves them
+as JSON with HTTP 503 when a threshold is crossed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.db.models import Count, Min, Q
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from .conf import conf
+
+
+@dataclass
+class ProjectionHealth:
+    name: str
+    position: int
+    lag_events: int
+    lag_seconds: float
+    dead_letters: int
+    last_processed_at: datetime | None
+
+
+@dataclass
+class HealthReport:
+    healthy: bool
+    checked_at: datetime
+    global_position: int
+    safe_high_water_mark: int
+    projections: list[ProjectionHealth] = field(default_factory=list)
+    dead_letters_failed: int = 0
+    dead_letters_retrying: int = 0
+    outbox_pending: int = 0
+    outbox_failed: int = 0
+    outbox_oldest_pending_seconds: float | None = None
+    readers_held_back: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = "ok" if self.healthy else "unhealthy"
+        return data
+
+
+def _projection_names() -> list[str]:
+    names: list[str] = []
+    for path in conf.PROJECTIONS:
+        try:
+            cls = import_string(path)
+        except ImportError:
+            names.append(path.rsplit(".", 1)[-1])
+            continue
+        declared = cls.__dict__.get("name")
+        names.append(declared if isinstance(declared, str) else cls.__name__)
+    return names
+
+
+def get_health() -> HealthReport:
+    """Collect the current health figures and evaluate the thresholds."""
+    from .models import Checkpoint, DeadLetter, EventRecord, OutboxMessage
+    from .stores.django import DjangoEventStore
+
+    now = timezone.now()
+    store = DjangoEventStore()
+    global_position = store.get_global_position()
+    hwm = store.safe_high_water_mark()
+    report = HealthReport(
+        healthy=True, checked_at=now, global_position=global_position, safe_high_water_mark=hwm
+    )
+
+    checkpoints = {c.projection_name: c for c in Checkpoint.objects.all()}
+    dead_by_projection = dict(
+        DeadLetter.objects.filter(status=DeadLetter.Status.FAILED)
+        .values_list("projection_name")
+        .annotate(n=Count("id"))
+        .values_list("projection_name", "n")
+    )
+    names = list(dict.fromkeys([*_projection_names(), *checkpoints]))
+    for name in names:
+        checkpoint = checkpoints.get(name)
+        position = checkpoint.position if checkpoint else 0
+        lag_events = max(global_position - position, 0)
+        lag_seconds = 0.0
+        if lag_events:
+            oldest = (
+                EventRecord.objects.filter(position__gt=position)
+                .order_by("position")
+                .values_list("recorded_at", flat=True)
+                .first()
+            )
+            if oldest is not None:
+                lag_seconds = max((now - oldest).total_seconds(), 0.0)
+        report.projections.append(
+            ProjectionHealth(
+                name=name,
+                position=position,
+                lag_events=lag_events,
+                lag_seconds=round(lag_seconds, 3),
+                dead_letters=dead_by_projection.get(name, 0),
+                last_processed_at=checkpoint.last_processed_at if checkpoint else None,
+            )
+        )
+        if lag_events > conf.HEALTH_MAX_LAG_EVENTS:
+            report.problems.append(
+                f"projection {name} is {lag_events} events behind "
+                f"(limit {conf.HEALTH_MAX_LAG_EVENTS})"
+            )
+        if lag_seconds > conf.HEALTH_MAX_LAG_SECONDS:
+            report.problems.append(
+                f"projection {name} is {lag_seconds:.0f}s behind (limit {conf.HEALTH_MAX_LAG_SECONDS}s)"
+            )
+
+    dlq = DeadLetter.objects.aggregate(
+        failed=Count("id", filter=Q(status=DeadLetter.Status.FAILED)),
+        retrying=Count("id", filter=Q(status=DeadLetter.Status.RETRYING)),
+    )
+    report.dead_letters_failed = dlq["failed"]
+    report.dead_letters_retrying = dlq["retrying"]
+    if report.dead_letters_failed > conf.HEALTH_MAX_DEAD_LETTERS:
+        report.problems.append(
+            f"{report.dead_letters_failed} dead letter(s) (limit {conf.HEALTH_MAX_DEAD_LETTERS})"
+        )
+
+    outbox = OutboxMessage.objects.aggregate(
+        pending=Count("id", filter=Q(status=OutboxMessage.Status.PENDING)),
+        failed=Count("id", filter=Q(status=OutboxMessage.Status.FAILED)),
+        oldest=Min("created_at", filter=Q(status=OutboxMessage.Status.PENDING)),
+    )
+    report.outbox_pending = outbox["pending"]
+    report.outbox_failed = outbox["failed"]
+    if outbox["oldest"] is not None:
+        report.outbox_oldest_pending_seconds = round((now - outbox["oldest"]).total_seconds(), 3)
+
+    blockers = getattr(store, "get_reader_blockers", None)
+    if blockers is not None:
+        for blocker in blockers():
+            report.readers_held_back.append(
+                asdict(blocker) if hasattr(blocker, "__dataclass_fields__") else dict(blocker)
+            )
+
+    report.healthy = not report.problems
+    return report
+
+
+__all__ = ["HealthReport", "ProjectionHealth", "get_health"]

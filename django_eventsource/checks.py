@@ -1,7 +1,16 @@
-"""System checks (``django_eventsource.E001`` ...), run by ``manage.py check`` and at start-up."""
+"""System checks (``django_eventsource.E001`` ...), run by ``manage.py check`` and at start-up.
+
+- E001: ``EVENTSOURCE_PROJECTIONS`` is not a list of importable dotted paths.
+- E002: an upcaster chain cannot reach its event type's current version.
+- E003: a numeric setting is out of range.
+- E004: ``EVENTSOURCE_EVENT_BUS`` is not ``None``, ``"memory"``, ``"redis"`` or an
+  importable dotted path.
+- W001: the outbox is enabled but there is no bus to publish to.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from django.apps import AppConfig
@@ -10,9 +19,40 @@ from django.utils.module_loading import import_string
 
 from .conf import conf
 
+#: Settings that must be integers >= 1.
+POSITIVE_INTEGER_SETTINGS = (
+    "PROJECTION_BATCH_SIZE",
+    "OUTBOX_BATCH_SIZE",
+    "MAX_RETRIES",
+    "OUTBOX_MAX_ATTEMPTS",
+)
+
+#: Settings that must be numbers >= 0 (seconds).
+NON_NEGATIVE_NUMBER_SETTINGS = (
+    "POLL_INTERVAL",
+    "RETRY_BACKOFF",
+    "RETRY_BACKOFF_MAX",
+    "OUTBOX_CLAIM_TIMEOUT",
+)
+
+BUILTIN_EVENT_BUSES = ("memory", "redis")
+
+
+def _is_integer(value: object) -> bool:
+    # bool is an int subclass, but True is never a sensible batch size.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
 
 @register()
-def check_projections(app_configs: list[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
+def check_projections(
+    app_configs: Sequence[AppConfig] | None = None,
+    databases: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> list[CheckMessage]:
     """E001: every entry of EVENTSOURCE_PROJECTIONS must import."""
     errors: list[CheckMessage] = []
     paths = conf.PROJECTIONS
@@ -25,6 +65,16 @@ def check_projections(app_configs: list[AppConfig] | None = None, **kwargs: Any)
             )
         ]
     for path in paths:
+        if not isinstance(path, str):
+            errors.append(
+                Error(
+                    f"EVENTSOURCE_PROJECTIONS entry {path!r} is not a dotted path string.",
+                    hint="List the projection classes by dotted path, not the classes "
+                    "themselves, so that settings do not import application code.",
+                    id="django_eventsource.E001",
+                )
+            )
+            continue
         try:
             import_string(path)
         except ImportError as exc:
@@ -39,7 +89,11 @@ def check_projections(app_configs: list[AppConfig] | None = None, **kwargs: Any)
 
 
 @register()
-def check_upcasters(app_configs: list[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
+def check_upcasters(
+    app_configs: Sequence[AppConfig] | None = None,
+    databases: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> list[CheckMessage]:
     """E002: upcaster chains must reach each event type's current version."""
     from .events.upcasting import find_broken_upcaster_chains
 
@@ -56,25 +110,30 @@ def check_upcasters(app_configs: list[AppConfig] | None = None, **kwargs: Any) -
 
 @register()
 def check_numeric_settings(
-    app_configs: list[AppConfig] | None = None, **kwargs: Any
+    app_configs: Sequence[AppConfig] | None = None,
+    databases: Sequence[str] | None = None,
+    **kwargs: Any,
 ) -> list[CheckMessage]:
-    """E003: numeric settings must be positive numbers."""
+    """E003: numeric settings must be in range; W001: an enabled outbox needs a bus."""
     messages: list[CheckMessage] = []
-    for name in ("PROJECTION_BATCH_SIZE", "OUTBOX_BATCH_SIZE", "MAX_RETRIES", "OUTBOX_MAX_ATTEMPTS"):
+    for name in POSITIVE_INTEGER_SETTINGS:
         value = getattr(conf, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not _is_integer(value) or value < 1:
             messages.append(
                 Error(
                     f"EVENTSOURCE_{name} must be a positive integer, got {value!r}.",
+                    hint=f"Remove EVENTSOURCE_{name} to use the default of {conf.default(name)!r}.",
                     id="django_eventsource.E003",
                 )
             )
-    for name in ("POLL_INTERVAL", "RETRY_BACKOFF"):
+    for name in NON_NEGATIVE_NUMBER_SETTINGS:
         value = getattr(conf, name)
-        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        if not _is_number(value) or value < 0:
             messages.append(
                 Error(
-                    f"EVENTSOURCE_{name} must be a non-negative number, got {value!r}.",
+                    f"EVENTSOURCE_{name} must be a non-negative number of seconds, "
+                    f"got {value!r}.",
+                    hint=f"Remove EVENTSOURCE_{name} to use the default of {conf.default(name)!r}.",
                     id="django_eventsource.E003",
                 )
             )
@@ -88,3 +147,92 @@ def check_numeric_settings(
             )
         )
     return messages
+
+
+@register()
+def check_event_bus(
+    app_configs: Sequence[AppConfig] | None = None,
+    databases: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> list[CheckMessage]:
+    """E004: EVENTSOURCE_EVENT_BUS must name a bus that can be built."""
+    value = conf.EVENT_BUS
+    if value is None or value in BUILTIN_EVENT_BUSES:
+        return []
+    hint = "Use None, 'memory', 'redis' or the dotted path of an EventBus subclass or factory."
+    if not isinstance(value, str):
+        return [
+            Error(
+                f"EVENTSOURCE_EVENT_BUS must be None or a string, got {value!r}.",
+                hint=hint,
+                id="django_eventsource.E004",
+            )
+        ]
+    try:
+        import_string(value)
+    except ImportError as exc:
+        return [
+            Error(
+                f"EVENTSOURCE_EVENT_BUS {value!r} cannot be imported: {exc}",
+                hint=hint,
+                id="django_eventsource.E004",
+            )
+        ]
+    return []
+
+
+@register()
+def check_bus_backend(
+    app_configs: Sequence[AppConfig] | None = None,
+    databases: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> list[CheckMessage]:
+    """E010-E012: the configured bus can actually be used.
+
+    E010: a dotted path imports but names neither an EventBus subclass nor a factory;
+    E011: the Redis bus without the redis package; E012: a malformed EVENTSOURCE_REDIS_URL.
+    """
+    from urllib.parse import urlsplit
+
+    value = conf.EVENT_BUS
+    if value == "redis":
+        from .bus.redis import REDIS_AVAILABLE
+
+        messages: list[CheckMessage] = []
+        if not REDIS_AVAILABLE:
+            messages.append(
+                Error(
+                    "EVENTSOURCE_EVENT_BUS is 'redis' but the redis package is not installed.",
+                    hint="pip install 'django-eventsource[redis]'",
+                    id="django_eventsource.E011",
+                )
+            )
+        url = conf.REDIS_URL
+        if not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+            messages.append(
+                Error(
+                    f"EVENTSOURCE_REDIS_URL {url!r} is not a Redis URL.",
+                    hint="Use redis://host:6379/0, rediss://host:6380/0 (TLS) or "
+                    "unix:///path/to/redis.sock.",
+                    id="django_eventsource.E012",
+                )
+            )
+        return messages
+    if isinstance(value, str) and value not in BUILTIN_EVENT_BUSES:
+        try:
+            target = import_string(value)
+        except ImportError:
+            return []  # reported as E004
+        from .bus.interface import EventBus
+
+        not_a_bus_class = isinstance(target, type) and not issubclass(target, EventBus)
+        if not_a_bus_class or not callable(target):
+            return [
+                Error(
+                    f"EVENTSOURCE_EVENT_BUS {value!r} is neither an EventBus subclass nor a "
+                    "factory function.",
+                    hint="Point it at an EventBus subclass, or a function returning an EventBus.",
+                    id="django_eventsource.E010",
+                )
+            ]
+    return []

@@ -36,8 +36,17 @@ DEFAULTS: dict[str, Any] = {
     "OUTBOX_CLAIM_TIMEOUT": 300.0,
     # Published outbox rows older than this many days are deleted by publish_outbox.
     "OUTBOX_RETENTION_DAYS": 7,
+    # Base delay in seconds of the outbox relay's backoff (full jitter) after a failed attempt.
+    "OUTBOX_RETRY_BACKOFF": 1.0,
+    # Upper bound in seconds of one outbox backoff delay.
+    "OUTBOX_RETRY_BACKOFF_MAX": 300.0,
+    # Dotted paths of EventSubscriber classes or handler functions run by consume_events.
+    "EVENT_HANDLERS": [],
     # Events read per projection batch.
     "PROJECTION_BATCH_SIZE": 500,
+    # Seconds a run_projections lease on a projection lasts (non-PostgreSQL databases);
+    # renewed before every batch, taken over by another runner once it expires.
+    "PROJECTION_LEASE_SECONDS": 30.0,
     # Seconds between polls of the loops (run_projections, publish_outbox, consume_events).
     "POLL_INTERVAL": 1.0,
     # Attempts of a failing projection handler before the event is dead-lettered.
@@ -60,12 +69,19 @@ DEFAULTS: dict[str, Any] = {
 
 
 class Settings:
-    """Attribute access to the settings: ``conf.settings.MAX_RETRIES``."""
+    """Attribute access to the settings: ``conf.MAX_RETRIES`` reads
+    ``settings.EVENTSOURCE_MAX_RETRIES``, or its default, at each access."""
 
     def __getattr__(self, name: str) -> Any:
         if name not in DEFAULTS:
             raise AttributeError(f"Unknown django_eventsource setting {name!r}")
         return getattr(settings, f"EVENTSOURCE_{name}", DEFAULTS[name])
+
+    def default(self, name: str) -> Any:
+        """The value used when ``EVENTSOURCE_<name>`` is not set."""
+        if name not in DEFAULTS:
+            raise AttributeError(f"Unknown django_eventsource setting {name!r}")
+        return DEFAULTS[name]
 
     def __dir__(self) -> list[str]:
         return sorted(DEFAULTS)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 from uuid import UUID
 
+from .exceptions import InvalidEventError
+
 
 @dataclass(frozen=True, slots=True)
 class EventContext:
@@ -27,7 +29,21 @@ class EventContext:
     causation_id: UUID | None = None
 
 
-_current: ContextVar[EventContext] = ContextVar("eventsource_context", default=EventContext())
+# EventContext is a frozen dataclass, so sharing one instance as the default is safe.
+_current: ContextVar[EventContext] = ContextVar(
+    "eventsource_context", default=EventContext()  # noqa: B039
+)
+
+
+def _as_uuid(value: UUID | str, what: str) -> UUID:
+    # Events are stamped with ``model_copy``, which does not validate, so a string id
+    # (from a task header, say) must become a UUID here or it would be stored as is.
+    if isinstance(value, UUID):
+        return value
+    try:
+        return UUID(str(value))
+    except ValueError:
+        raise InvalidEventError(f"{what} must be a UUID, got {value!r}") from None
 
 
 def get_event_context() -> EventContext:
@@ -38,21 +54,22 @@ def get_event_context() -> EventContext:
 @contextlib.contextmanager
 def event_context(
     actor_id: str | None = None,
-    correlation_id: UUID | None = None,
-    causation_id: UUID | None = None,
+    correlation_id: UUID | str | None = None,
+    causation_id: UUID | str | None = None,
 ) -> Iterator[EventContext]:
     """Stamp events saved inside the block with this actor, correlation and causation.
 
-    Values left as ``None`` are inherited from an enclosing context.
+    Values left as ``None`` are inherited from an enclosing context. Ids may be given as
+    UUID strings; anything else raises ``InvalidEventError``.
     """
     outer = _current.get()
     changes: dict[str, Any] = {}
     if actor_id is not None:
         changes["actor_id"] = str(actor_id)
     if correlation_id is not None:
-        changes["correlation_id"] = correlation_id
+        changes["correlation_id"] = _as_uuid(correlation_id, "correlation_id")
     if causation_id is not None:
-        changes["causation_id"] = causation_id
+        changes["causation_id"] = _as_uuid(causation_id, "causation_id")
     ctx = replace(outer, **changes)
     token = _current.set(ctx)
     try:

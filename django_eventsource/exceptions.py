@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, Self
 from uuid import UUID
 
 
+def _rebuild(cls: type[EventSourceError], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return cls(*args, **kwargs)
+
+
 class EventSourceError(Exception):
-    """Base class for every error raised by django_eventsource."""
+    """Base class for every error raised by django_eventsource.
+
+    Errors survive pickling with their attributes (Celery results, multiprocessing):
+    they are rebuilt from the arguments they were created with, not from the message.
+    """
+
+    _init_args: tuple[Any, ...]
+    _init_kwargs: dict[str, Any]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        error = super().__new__(cls, *args)
+        error._init_args = args
+        error._init_kwargs = kwargs
+        return error
+
+    def __reduce__(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_init_args", "_init_kwargs")}
+        return _rebuild, (type(self), self._init_args, self._init_kwargs), state
 
 
 class OptimisticLockError(EventSourceError):
@@ -158,8 +180,8 @@ class RedisNotAvailableError(EventBusError, ImportError):
 __all__ = [
     "AggregateNotFoundError",
     "CheckpointError",
-    "DuplicateEventTypeError",
     "DuplicateEventIdError",
+    "DuplicateEventTypeError",
     "EventBusError",
     "EventNotFoundError",
     "EventSourceError",

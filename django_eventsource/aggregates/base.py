@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 from abc import ABC, abstractmethod
@@ -89,7 +90,7 @@ class AggregateRoot(Generic[TState], ABC):
             self._uncommitted.append(event)
 
     def raise_event(self, event_class: type[E], **fields: Any) -> E:
-        """Create an event of ``event_class`` for this aggregate at the next version and apply it."""
+        """Create an event of ``event_class`` at this aggregate's next version and apply it."""
         fields.setdefault("aggregate_id", self._aggregate_id)
         fields.setdefault("aggregate_type", self.aggregate_type)
         fields.setdefault("aggregate_version", self.get_next_version())
@@ -149,6 +150,14 @@ class DeclarativeAggregate(AggregateRoot[TState]):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._handlers = collect_handlers(cls)
+        for name in set(cls._handlers.values()):
+            # An async handler would return an un-awaited coroutine and leave the state
+            # unchanged while the version moves on; refuse it when the class is defined.
+            if inspect.iscoroutinefunction(getattr(cls, name)):
+                raise TypeError(
+                    f"{cls.__qualname__}.{name} is async; aggregate event handlers must be "
+                    "plain functions (only projection handlers may be async)"
+                )
 
     def _apply(self, event: DomainEvent) -> None:
         name = find_handler_name(self._handlers, type(event))

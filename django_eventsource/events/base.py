@@ -76,9 +76,25 @@ class DomainEvent(BaseModel):
         name = cls._type_name
         if name is None:
             default = cls.model_fields["event_type"].default
-            name = default if isinstance(default, str) and default else cls.__name__
+            name = default if cls.declares_event_type() else cls.__name__
             cls._type_name = name
         return name
+
+    @classmethod
+    def declares_event_type(cls) -> bool:
+        """Whether the class sets ``event_type`` itself (rather than using its name)."""
+        default = cls.model_fields["event_type"].default
+        return isinstance(default, str) and bool(default)
+
+    @classmethod
+    def set_event_type_name(cls, name: str) -> None:
+        """Store new instances under ``name`` (used by ``register_event(event_type=...)``)."""
+        if cls.declares_event_type() and name != cls.event_type_name():
+            raise ValueError(
+                f"{cls.__qualname__} declares event_type {cls.event_type_name()!r}; "
+                f"it cannot be renamed to {name!r}"
+            )
+        cls._type_name = name
 
     @classmethod
     def current_event_version(cls) -> int:
@@ -141,8 +157,14 @@ class DomainEvent(BaseModel):
         """The event's own fields (everything but the envelope), JSON-compatible."""
         return self.model_dump(mode="json", exclude=ENVELOPE_FIELDS)  # type: ignore[arg-type]
 
+    def __hash__(self) -> int:
+        # pydantic's hash for frozen models hashes every field and fails on the
+        # ``metadata`` dict; the event id identifies an event (equal events share it).
+        return hash((type(self), self.event_id))
+
     def __str__(self) -> str:
-        return f"{self.event_type}({self.aggregate_type}:{self.aggregate_id} v{self.aggregate_version})"
+        stream = f"{self.aggregate_type}:{self.aggregate_id}"
+        return f"{self.event_type}({stream} v{self.aggregate_version})"
 
 
 __all__ = ["ENVELOPE_FIELDS", "DomainEvent"]

@@ -40,10 +40,21 @@ class EventRegistry:
     def register(
         self, event_class: type[DomainEvent], event_type: str | None = None
     ) -> type[DomainEvent]:
-        """Register ``event_class`` under ``event_type`` (default: its type name)."""
+        """Register ``event_class`` under ``event_type`` (default: its type name).
+
+        When the class neither declares ``event_type`` nor was renamed before, an
+        explicit name becomes its type name, so new instances are stored under the name
+        they are read back by. Otherwise the class keeps its name and the explicit one is
+        an extra alias (for example an old name still found in stored events).
+        """
         if not (isinstance(event_class, type) and issubclass(event_class, DomainEvent)):
             raise TypeError(f"{event_class!r} is not a DomainEvent subclass")
         name = event_type or event_class.event_type_name()
+        rename = (
+            bool(event_type)
+            and not event_class.declares_event_type()
+            and event_class.event_type_name() == event_class.__name__
+        )
         with self._lock:
             existing = self._types.get(name)
             if existing is not None and existing is not event_class:
@@ -55,6 +66,8 @@ class EventRegistry:
                 # again; replacing it is what the user expects.
                 if not same_definition:
                     raise DuplicateEventTypeError(name, existing, event_class)
+            if rename:
+                event_class.set_event_type_name(name)
             self._types[name] = event_class
         return event_class
 
@@ -165,6 +178,15 @@ class EventRegistry:
 default_registry = EventRegistry()
 
 
+def resolve_registry(registry: EventRegistry | None) -> EventRegistry:
+    """``registry``, or the default one when it is ``None``.
+
+    Compare with ``None`` rather than ``registry or default_registry``: an empty
+    registry is falsy (it has ``__len__``) and must still be used when passed.
+    """
+    return default_registry if registry is None else registry
+
+
 @overload
 def register_event(event_class: E, /) -> E: ...
 
@@ -183,7 +205,7 @@ def register_event(
     registry: EventRegistry | None = None,
 ) -> E | Callable[[E], E]:
     """Register an event class; usable as ``@register_event`` or ``@register_event(...)``."""
-    target = registry if registry is not None else default_registry
+    target = resolve_registry(registry)
 
     def decorator(cls: E) -> E:
         target.register(cls, event_type)
@@ -196,24 +218,24 @@ def register_event(
 
 def get_event_class(event_type: str, registry: EventRegistry | None = None) -> type[DomainEvent]:
     """The class registered for ``event_type`` (``EventTypeNotFoundError`` otherwise)."""
-    return (registry or default_registry).get(event_type)
+    return resolve_registry(registry).get(event_type)
 
 
 def get_event_class_or_none(
     event_type: str, registry: EventRegistry | None = None
 ) -> type[DomainEvent] | None:
     """The class registered for ``event_type``, or ``None``."""
-    return (registry or default_registry).get_or_none(event_type)
+    return resolve_registry(registry).get_or_none(event_type)
 
 
 def is_event_registered(event_type: str, registry: EventRegistry | None = None) -> bool:
     """Whether ``event_type`` is registered."""
-    return (registry or default_registry).contains(event_type)
+    return resolve_registry(registry).contains(event_type)
 
 
 def list_registered_events(registry: EventRegistry | None = None) -> list[str]:
     """Every registered type name, sorted."""
-    return (registry or default_registry).list_types()
+    return resolve_registry(registry).list_types()
 
 
 __all__ = [
@@ -225,4 +247,5 @@ __all__ = [
     "is_event_registered",
     "list_registered_events",
     "register_event",
+    "resolve_registry",
 ]

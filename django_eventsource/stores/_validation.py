@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -23,6 +24,17 @@ def coerce_uuid(value: Any, what: str) -> UUID:
     raise InvalidEventError(f"{what} must be a UUID, got {value!r}")
 
 
+def ensure_aware(value: datetime | None, what: str) -> datetime | None:
+    """Return ``value`` unless it is a naive datetime (or not a datetime): then raise.
+
+    Timestamps are stored in UTC; comparing them with a naive datetime would fail with
+    a ``TypeError`` deep inside a read, or silently shift by the server's offset.
+    """
+    if value is not None and (not isinstance(value, datetime) or value.utcoffset() is None):
+        raise InvalidEventError(f"{what} must be a timezone-aware datetime, got {value!r}")
+    return value
+
+
 def validate_append(
     aggregate_id: Any,
     aggregate_type: Any,
@@ -32,7 +44,9 @@ def validate_append(
     """Check the arguments of ``append_events``; return the aggregate id and event list."""
     agg_id = coerce_uuid(aggregate_id, "aggregate_id")
     if not isinstance(aggregate_type, str) or not aggregate_type:
-        raise InvalidEventError(f"aggregate_type must be a non-empty string, got {aggregate_type!r}")
+        raise InvalidEventError(
+            f"aggregate_type must be a non-empty string, got {aggregate_type!r}"
+        )
     if (
         not isinstance(expected_version, int)
         or isinstance(expected_version, bool)
@@ -69,13 +83,15 @@ def check_existing_ids(
     aggregate_type: str,
     events: Sequence[DomainEvent],
     existing: Mapping[UUID, tuple[str, UUID, int]],
+    current_version: int | None = None,
 ) -> bool:
     """Decide what to do about event ids that are already stored.
 
     ``existing`` maps stored event ids to ``(aggregate_type, aggregate_id, version)``.
     Returns True when every event is already stored at its position (an idempotent
     retry). Raises ``DuplicateEventIdError`` when one is stored elsewhere, and
-    ``OptimisticLockError`` when only part of the batch is stored.
+    ``OptimisticLockError`` when only part of the batch is stored (reporting
+    ``current_version`` as the actual version when the caller knows it).
     """
     if not existing:
         return False
@@ -94,8 +110,10 @@ def check_existing_ids(
             )
     if len(existing) == len(events):
         return True
-    stored_max = max(v for (_, _, v) in existing.values())
-    raise OptimisticLockError(aggregate_id, events[0].aggregate_version - 1, stored_max)
+    actual = current_version
+    if actual is None:
+        actual = max(v for (_, _, v) in existing.values())
+    raise OptimisticLockError(aggregate_id, events[0].aggregate_version - 1, actual)
 
 
 def check_versions(

@@ -8,7 +8,13 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 from ..events.base import DomainEvent
-from ._validation import check_existing_ids, check_versions, coerce_uuid, validate_append
+from ._validation import (
+    check_existing_ids,
+    check_versions,
+    coerce_uuid,
+    ensure_aware,
+    validate_append,
+)
 from .interface import (
     AppendResult,
     EventStore,
@@ -52,13 +58,13 @@ class InMemoryEventStore(EventStore):
                 for e in event_list
                 if (s := self._by_id.get(e.event_id)) is not None
             }
-            if check_existing_ids(agg_id, aggregate_type, event_list, existing):
+            if check_existing_ids(agg_id, aggregate_type, event_list, existing, current):
                 last = self._by_id[event_list[-1].event_id]
                 return AppendResult.successful(last.stream_position, last.global_position)
             check_versions(agg_id, event_list, expected_version, current)
             stream_id = make_stream_id(agg_id, aggregate_type)
             now = datetime.now(UTC)
-            stored_batch = []
+            stored_batch: list[StoredEvent] = []
             for event in event_list:
                 stored = StoredEvent(
                     event=event,
@@ -85,6 +91,8 @@ class InMemoryEventStore(EventStore):
         to_timestamp: datetime | None = None,
     ) -> EventStream:
         agg_id = coerce_uuid(aggregate_id, "aggregate_id")
+        ensure_aware(from_timestamp, "from_timestamp")
+        ensure_aware(to_timestamp, "to_timestamp")
         with self._lock:
             if aggregate_type is not None:
                 candidates = list(self._streams.get((aggregate_type, agg_id), []))
@@ -106,6 +114,7 @@ class InMemoryEventStore(EventStore):
         tenant_id: UUID | None = None,
         from_timestamp: datetime | None = None,
     ) -> list[DomainEvent]:
+        ensure_aware(from_timestamp, "from_timestamp")
         with self._lock:
             snapshot = list(self._all)
         return [

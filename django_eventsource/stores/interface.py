@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
@@ -28,7 +28,7 @@ class ExpectedVersion:
     STREAM_EXISTS = -2
 
 
-class ReadDirection(str, Enum):
+class ReadDirection(StrEnum):
     """Order of a ``read_stream``/``read_all``."""
 
     FORWARD = "forward"
@@ -51,6 +51,39 @@ class ReadOptions:
     from_timestamp: datetime | None = None
     to_timestamp: datetime | None = None
     tenant_id: UUID | None = None
+
+    def __post_init__(self) -> None:
+        # Checked here so that every store rejects the same bad input the same way,
+        # instead of an odd TypeError (naive vs aware) deep inside a read.
+        from ..exceptions import InvalidEventError
+
+        try:
+            object.__setattr__(self, "direction", ReadDirection(self.direction))
+        except ValueError:
+            raise InvalidEventError(
+                f"direction must be 'forward' or 'backward', got {self.direction!r}"
+            ) from None
+        if not _is_int(self.from_position) or self.from_position < 0:
+            raise InvalidEventError(
+                f"from_position must be an integer >= 0, got {self.from_position!r}"
+            )
+        if self.limit is not None and (not _is_int(self.limit) or self.limit < 0):
+            raise InvalidEventError(f"limit must be None or an integer >= 0, got {self.limit!r}")
+        for name in ("from_timestamp", "to_timestamp"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, datetime) or value.utcoffset() is None):
+                raise InvalidEventError(f"{name} must be a timezone-aware datetime, got {value!r}")
+        if self.tenant_id is not None and not isinstance(self.tenant_id, UUID):
+            try:
+                object.__setattr__(self, "tenant_id", UUID(str(self.tenant_id)))
+            except ValueError:
+                raise InvalidEventError(
+                    f"tenant_id must be a UUID, got {self.tenant_id!r}"
+                ) from None
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True, slots=True)

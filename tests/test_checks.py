@@ -1,0 +1,168 @@
+"""System checks: each id fires for a bad setting and stays quiet for good ones."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.test import override_settings
+
+from django_eventsource import DomainEvent, default_registry, upcaster
+from django_eventsource.checks import (
+    check_event_bus,
+    check_numeric_settings,
+    check_projections,
+    check_upcasters,
+)
+
+
+def ids(messages: list[Any]) -> list[str]:
+    return [message.id for message in messages]
+
+
+def test_the_default_settings_pass_every_check() -> None:
+    assert check_projections() == []
+    assert check_upcasters() == []
+    assert check_numeric_settings() == []
+    assert check_event_bus() == []
+    call_command("check", fail_level="WARNING")
+
+
+# -- E001 projections ---------------------------------------------------------------------
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=["tests.testapp.domain.Account"])
+def test_importable_projection_paths_pass() -> None:
+    assert check_projections() == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        ["tests.testapp.domain.NoSuchProjection"],
+        ["not_a_module_at_all.Projection"],
+        "tests.testapp.domain.Account",
+        [object],
+    ],
+    ids=["missing-class", "missing-module", "not-a-list", "not-a-string"],
+)
+def test_a_bad_projections_setting_is_e001(value: object) -> None:
+    with override_settings(EVENTSOURCE_PROJECTIONS=value):
+        messages = check_projections()
+        assert ids(messages) == ["django_eventsource.E001"]
+        assert messages[0].hint
+        with pytest.raises(SystemCheckError, match=r"django_eventsource\.E001"):
+            call_command("check")
+
+
+def test_e001_names_the_entry_that_fails() -> None:
+    with override_settings(
+        EVENTSOURCE_PROJECTIONS=["tests.testapp.domain.Account", "tests.testapp.domain.Nope"]
+    ):
+        (message,) = check_projections()
+    assert "'tests.testapp.domain.Nope'" in message.msg
+
+
+# -- E002 upcasters -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def broken_upcaster_chain() -> Iterator[None]:
+    class CheckedChainEvent(DomainEvent):
+        aggregate_type: str = "Thing"
+        event_version: int = 3
+
+    default_registry.register(CheckedChainEvent)
+    upcaster("CheckedChainEvent", from_version=1)(lambda data: data)
+    yield
+    default_registry.unregister("CheckedChainEvent")
+
+
+@pytest.mark.usefixtures("broken_upcaster_chain")
+def test_a_broken_upcaster_chain_is_e002() -> None:
+    (message,) = check_upcasters()
+    assert message.id == "django_eventsource.E002"
+    assert "CheckedChainEvent" in message.msg
+    with pytest.raises(SystemCheckError, match=r"django_eventsource\.E002"):
+        call_command("check")
+
+
+def test_e002_clears_once_the_chain_is_complete(broken_upcaster_chain: None) -> None:
+    upcaster("CheckedChainEvent", from_version=2)(lambda data: data)
+    assert check_upcasters() == []
+
+
+# -- E003 numeric settings ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("EVENTSOURCE_PROJECTION_BATCH_SIZE", 0),
+        ("EVENTSOURCE_PROJECTION_BATCH_SIZE", "500"),
+        ("EVENTSOURCE_OUTBOX_BATCH_SIZE", -1),
+        ("EVENTSOURCE_MAX_RETRIES", True),
+        ("EVENTSOURCE_OUTBOX_MAX_ATTEMPTS", 2.5),
+        ("EVENTSOURCE_POLL_INTERVAL", -0.1),
+        ("EVENTSOURCE_RETRY_BACKOFF", "fast"),
+        ("EVENTSOURCE_RETRY_BACKOFF_MAX", -1),
+        ("EVENTSOURCE_OUTBOX_CLAIM_TIMEOUT", None),
+    ],
+)
+def test_an_out_of_range_number_is_e003(setting: str, value: object) -> None:
+    with override_settings(**{setting: value}):
+        messages = check_numeric_settings()
+        assert ids(messages) == ["django_eventsource.E003"]
+        assert setting in messages[0].msg
+        assert "default" in (messages[0].hint or "")
+        with pytest.raises(SystemCheckError, match=r"django_eventsource\.E003"):
+            call_command("check")
+
+
+@override_settings(
+    EVENTSOURCE_PROJECTION_BATCH_SIZE=1,
+    EVENTSOURCE_MAX_RETRIES=10,
+    EVENTSOURCE_POLL_INTERVAL=0,
+    EVENTSOURCE_RETRY_BACKOFF=2,
+)
+def test_in_range_numbers_pass() -> None:
+    assert check_numeric_settings() == []
+
+
+# -- W001 outbox without a bus ------------------------------------------------------------
+
+
+@override_settings(EVENTSOURCE_OUTBOX_ENABLED=True, EVENTSOURCE_EVENT_BUS=None)
+def test_an_outbox_without_a_bus_is_w001() -> None:
+    assert ids(check_numeric_settings()) == ["django_eventsource.W001"]
+    call_command("check")  # a warning alone does not fail the default level
+    with pytest.raises(SystemCheckError, match=r"django_eventsource\.W001"):
+        call_command("check", fail_level="WARNING")
+
+
+@override_settings(EVENTSOURCE_OUTBOX_ENABLED=True, EVENTSOURCE_EVENT_BUS="memory")
+def test_an_outbox_with_a_bus_passes() -> None:
+    assert check_numeric_settings() == []
+
+
+# -- E004 event bus -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value", [None, "memory", "redis", "django_eventsource.bus.memory.InMemoryEventBus"]
+)
+def test_known_event_bus_values_pass(value: object) -> None:
+    with override_settings(EVENTSOURCE_EVENT_BUS=value):
+        assert check_event_bus() == []
+
+
+@pytest.mark.parametrize("value", ["rabbit", "myproject.buses.NoSuchBus", 42])
+def test_an_unusable_event_bus_is_e004(value: object) -> None:
+    with override_settings(EVENTSOURCE_EVENT_BUS=value):
+        messages = check_event_bus()
+        assert ids(messages) == ["django_eventsource.E004"]
+        with pytest.raises(SystemCheckError, match=r"django_eventsource\.E004"):
+            call_command("check")

@@ -8,13 +8,18 @@ from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 from asgiref.sync import sync_to_async
-from pydantic import ValidationError
 
 from ..context import get_event_context
 from ..events.base import DomainEvent
 from ..exceptions import AggregateNotFoundError, InvalidEventError
 from ..stores._validation import coerce_uuid
-from ..stores.interface import AppendResult, EventPublisher, EventStore
+from ..stores.interface import (
+    AppendResult,
+    EventPublisher,
+    EventStore,
+    ReadOptions,
+    make_stream_id,
+)
 from .base import AggregateRoot
 from .snapshots import SnapshotData, SnapshotStore
 
@@ -67,10 +72,13 @@ class AggregateRepository(Generic[TAggregate]):
         return self.aggregate_factory(coerce_uuid(aggregate_id, "aggregate_id"))
 
     def load(self, aggregate_id: UUID) -> TAggregate:
-        """Rebuild an aggregate from its snapshot and events; ``AggregateNotFoundError`` if none."""
+        """Rebuild an aggregate from its snapshot and events; ``AggregateNotFoundError`` if none.
+
+        With a snapshot store, only the events newer than the latest usable snapshot are
+        read. A repository bound to a tenant does not find another tenant's aggregates.
+        """
         agg_id = coerce_uuid(aggregate_id, "aggregate_id")
-        aggregate = self.aggregate_factory(agg_id)
-        from_version = self._restore_snapshot(aggregate)
+        aggregate, from_version = self._from_snapshot(agg_id)
         stream = self.event_store.get_events(agg_id, self.aggregate_type, from_version=from_version)
         if stream.is_empty and from_version == 0:
             raise AggregateNotFoundError(agg_id, self.aggregate_type)
@@ -81,36 +89,44 @@ class AggregateRepository(Generic[TAggregate]):
         aggregate.load_from_history(stream.events)
         return aggregate
 
-    def _restore_snapshot(self, aggregate: TAggregate) -> int:
+    def _from_snapshot(self, aggregate_id: UUID) -> tuple[TAggregate, int]:
+        """A new aggregate restored from the latest usable snapshot, and its version.
+
+        The version is 0 (replay everything) when there is no snapshot, or when it was
+        taken under another ``schema_version`` or no longer validates.
+        """
+        aggregate = self.aggregate_factory(aggregate_id)
         if self.snapshot_store is None:
-            return 0
-        snapshot = self.snapshot_store.get_snapshot(aggregate.aggregate_id, self.aggregate_type)
+            return aggregate, 0
+        snapshot = self.snapshot_store.get_snapshot(aggregate_id, self.aggregate_type)
         if snapshot is None:
-            return 0
-        if snapshot.schema_version != type(aggregate).schema_version:
+            return aggregate, 0
+        if self.tenant_id is not None and snapshot.tenant_id != self.tenant_id:
+            raise AggregateNotFoundError(aggregate_id, self.aggregate_type)
+        schema_version = type(aggregate).schema_version
+        if snapshot.schema_version != schema_version:
             logger.info(
                 "Ignoring snapshot of %s %s: schema version %s, aggregate is at %s",
                 self.aggregate_type,
-                aggregate.aggregate_id,
+                aggregate_id,
                 snapshot.schema_version,
-                type(aggregate).schema_version,
+                schema_version,
             )
-            return 0
-        if self.tenant_id is not None and snapshot.tenant_id != self.tenant_id:
-            raise AggregateNotFoundError(aggregate.aggregate_id, self.aggregate_type)
+            return aggregate, 0
         try:
             aggregate.restore_snapshot(snapshot.state, snapshot.version)
-        except ValidationError:
+        except (ValueError, TypeError, KeyError):
+            # pydantic's ValidationError is a ValueError. A state class changed without
+            # bumping schema_version lands here: replaying the events is always correct.
             logger.warning(
-                "Snapshot of %s %s no longer validates; replaying all events",
+                "Snapshot of %s %s at version %s no longer validates; replaying all events",
                 self.aggregate_type,
-                aggregate.aggregate_id,
+                aggregate_id,
+                snapshot.version,
                 exc_info=True,
             )
-            fresh = self.aggregate_factory(aggregate.aggregate_id)
-            aggregate.__dict__.update(fresh.__dict__)
-            return 0
-        return snapshot.version
+            return self.aggregate_factory(aggregate_id), 0
+        return aggregate, snapshot.version
 
     def load_or_create(self, aggregate_id: UUID) -> TAggregate:
         """Load the aggregate, or return a new one when it has no events."""
@@ -124,14 +140,18 @@ class AggregateRepository(Generic[TAggregate]):
         return self.get_version(aggregate_id) > 0
 
     def get_version(self, aggregate_id: UUID) -> int:
-        """The stored version of the aggregate (0 when it does not exist)."""
+        """The stored version of the aggregate (0 when it does not exist for this tenant).
+
+        For a tenant-bound repository an aggregate belongs to the tenant of its first
+        event; only that event is read, not the whole stream.
+        """
         agg_id = coerce_uuid(aggregate_id, "aggregate_id")
-        if self.tenant_id is None:
-            return self.event_store.get_stream_version(agg_id, self.aggregate_type)
-        stream = self.event_store.get_events(agg_id, self.aggregate_type)
-        if any(e.tenant_id != self.tenant_id for e in stream.events):
-            return 0
-        return stream.version
+        if self.tenant_id is not None:
+            stream_id = make_stream_id(agg_id, self.aggregate_type)
+            first = next(iter(self.event_store.read_stream(stream_id, ReadOptions(limit=1))), None)
+            if first is None or first.event.tenant_id != self.tenant_id:
+                return 0
+        return self.event_store.get_stream_version(agg_id, self.aggregate_type)
 
     # -- saving -------------------------------------------------------------------------
 
@@ -155,18 +175,10 @@ class AggregateRepository(Generic[TAggregate]):
             result = store.append_events(
                 aggregate.aggregate_id, self.aggregate_type, events, expected_version
             )
-            if self._snapshot_due(expected_version, aggregate.version):
-                assert self.snapshot_store is not None
-                self.snapshot_store.save_snapshot(
-                    SnapshotData(
-                        aggregate_id=aggregate.aggregate_id,
-                        aggregate_type=self.aggregate_type,
-                        version=aggregate.version,
-                        schema_version=type(aggregate).schema_version,
-                        state=aggregate.snapshot_state(),
-                        tenant_id=self.tenant_id or events[-1].tenant_id,
-                    )
-                )
+            if self.snapshot_store is not None and self._snapshot_due(
+                expected_version, aggregate.version
+            ):
+                self._save_snapshot(self.snapshot_store, aggregate, events[-1].tenant_id)
             if self.event_publisher is not None:
                 publisher = self.event_publisher
                 store.on_commit(lambda: self._publish(publisher, events))
@@ -174,10 +186,35 @@ class AggregateRepository(Generic[TAggregate]):
         return result
 
     def _snapshot_due(self, old_version: int, new_version: int) -> bool:
+        """Whether a save from ``old_version`` to ``new_version`` crosses a multiple of N."""
         every = self.snapshot_every
-        if not every or self.snapshot_store is None:
+        if every is None:
             return False
         return old_version // every != new_version // every
+
+    def _save_snapshot(
+        self, snapshot_store: SnapshotStore, aggregate: TAggregate, tenant_id: UUID | None
+    ) -> None:
+        """Store the aggregate's state; a failure is logged and never fails the save."""
+        try:
+            state = aggregate.snapshot_state()
+        except Exception:
+            logger.exception(
+                "Cannot snapshot %s %s: snapshot_state() failed",
+                self.aggregate_type,
+                aggregate.aggregate_id,
+            )
+            return
+        snapshot_store.save_snapshot(
+            SnapshotData(
+                aggregate_id=aggregate.aggregate_id,
+                aggregate_type=self.aggregate_type,
+                version=aggregate.version,
+                schema_version=type(aggregate).schema_version,
+                state=state,
+                tenant_id=self.tenant_id or tenant_id,
+            )
+        )
 
     def _stamp(self, event: DomainEvent) -> DomainEvent:
         """Fill tenant, actor, correlation and causation from the repository and context."""

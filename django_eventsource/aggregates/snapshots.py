@@ -3,10 +3,16 @@
 ``DjangoSnapshotStore`` keeps them in the ``Snapshot`` model; ``InMemorySnapshotStore``
 in a dict. A snapshot whose ``schema_version`` differs from the aggregate class's
 ``schema_version`` is ignored and the aggregate is rebuilt from all its events.
+
+Pair each snapshot store with the event store of the same kind: ``DjangoSnapshotStore``
+with ``DjangoEventStore`` on the same database (so a snapshot commits or rolls back with
+the events of the save that took it), ``InMemorySnapshotStore`` with
+``InMemoryEventStore``.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -15,6 +21,8 @@ from typing import Any
 from uuid import UUID
 
 from asgiref.sync import sync_to_async
+
+logger = logging.getLogger("django_eventsource")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +71,8 @@ class InMemorySnapshotStore(SnapshotStore):
         self._snapshots: dict[tuple[str, UUID], SnapshotData] = {}
 
     def get_snapshot(self, aggregate_id: UUID, aggregate_type: str) -> SnapshotData | None:
-        return self._snapshots.get((aggregate_type, aggregate_id))
+        with self._lock:
+            return self._snapshots.get((aggregate_type, aggregate_id))
 
     def save_snapshot(self, snapshot: SnapshotData) -> None:
         key = (snapshot.aggregate_type, snapshot.aggregate_id)
@@ -78,7 +87,11 @@ class InMemorySnapshotStore(SnapshotStore):
 
 
 class DjangoSnapshotStore(SnapshotStore):
-    """Snapshots in the ``Snapshot`` model, one row per aggregate (the latest)."""
+    """Snapshots in the ``Snapshot`` model, one row per aggregate (the latest).
+
+    ``using`` names the database; by default the router's choice for ``Snapshot``,
+    which must be the event store's database for snapshots to share its transaction.
+    """
 
     def __init__(self, using: str | None = None) -> None:
         self._using = using
@@ -95,15 +108,14 @@ class DjangoSnapshotStore(SnapshotStore):
     def get_snapshot(self, aggregate_id: UUID, aggregate_type: str) -> SnapshotData | None:
         from ..models import Snapshot
 
-        row = (
+        rows = list(
             Snapshot.objects.using(self._db())
             .filter(aggregate_type=aggregate_type, aggregate_id=aggregate_id)
-            .values_list("version", "schema_version", "state", "tenant_id", "created_at")
-            .first()
+            .values_list("version", "schema_version", "state", "tenant_id", "created_at")[:1]
         )
-        if row is None:
+        if not rows:
             return None
-        version, schema_version, state, tenant_id, created_at = row
+        version, schema_version, state, tenant_id, created_at = rows[0]
         return SnapshotData(
             aggregate_id=aggregate_id,
             aggregate_type=aggregate_type,
@@ -115,9 +127,56 @@ class DjangoSnapshotStore(SnapshotStore):
         )
 
     def save_snapshot(self, snapshot: SnapshotData) -> None:
-        from ..models import Snapshot
+        """Store ``snapshot`` unless a newer one is already stored.
+
+        Inside ``AggregateRepository.save`` this joins the save's transaction, so the
+        snapshot commits or rolls back with the events. It runs in a savepoint: a failed
+        snapshot write (a concurrent writer, a serialization error) is logged and rolled
+        back alone, never failing the save — snapshots are only an optimisation.
+        """
+        from django.db import DatabaseError, transaction
 
         db = self._db(write=True)
+        try:
+            with transaction.atomic(using=db):
+                self._write(db, snapshot)
+        except DatabaseError:
+            logger.warning(
+                "Could not store the snapshot of %s %s at version %s",
+                snapshot.aggregate_type,
+                snapshot.aggregate_id,
+                snapshot.version,
+                exc_info=True,
+            )
+
+    def _write(self, db: str, snapshot: SnapshotData) -> None:
+        from django.db import IntegrityError, transaction
+
+        from ..models import Snapshot
+
+        if self._replace_older(db, snapshot):
+            return
+        try:
+            with transaction.atomic(using=db):
+                Snapshot.objects.using(db).create(
+                    aggregate_type=snapshot.aggregate_type,
+                    aggregate_id=snapshot.aggregate_id,
+                    version=snapshot.version,
+                    schema_version=snapshot.schema_version,
+                    state=snapshot.state,
+                    tenant_id=snapshot.tenant_id,
+                    created_at=snapshot.created_at,
+                )
+        except IntegrityError:
+            # The row exists: it is newer than ours, or a concurrent writer inserted it
+            # first. Replace it only if it is older.
+            self._replace_older(db, snapshot)
+
+    @staticmethod
+    def _replace_older(db: str, snapshot: SnapshotData) -> bool:
+        """Overwrite the stored snapshot if it is not newer; whether a row was updated."""
+        from ..models import Snapshot
+
         updated = (
             Snapshot.objects.using(db)
             .filter(
@@ -133,31 +192,7 @@ class DjangoSnapshotStore(SnapshotStore):
                 created_at=snapshot.created_at,
             )
         )
-        if updated:
-            return
-        exists = (
-            Snapshot.objects.using(db)
-            .filter(aggregate_type=snapshot.aggregate_type, aggregate_id=snapshot.aggregate_id)
-            .exists()
-        )
-        if exists:  # a newer snapshot is already stored
-            return
-        from django.db import IntegrityError, transaction
-
-        try:
-            with transaction.atomic(using=db):
-                Snapshot.objects.using(db).create(
-                    aggregate_type=snapshot.aggregate_type,
-                    aggregate_id=snapshot.aggregate_id,
-                    version=snapshot.version,
-                    schema_version=snapshot.schema_version,
-                    state=snapshot.state,
-                    tenant_id=snapshot.tenant_id,
-                    created_at=snapshot.created_at,
-                )
-        except IntegrityError:
-            # A concurrent save stored one first; snapshots are an optimisation only.
-            pass
+        return updated > 0
 
     def delete_snapshots(self, aggregate_id: UUID, aggregate_type: str) -> None:
         from ..models import Snapshot

@@ -93,9 +93,11 @@ LOGIN_URL = "/admin/login/"
 REDIS_URL = os.environ.get("REDIS_URL")
 
 # --- django-eventsource -------------------------------------------------------------
-EVENTSOURCE_PROJECTIONS: list[str] = []
+EVENTSOURCE_PROJECTIONS = ["example_project.orders.projections.OrderSummaryProjection"]
 EVENTSOURCE_OUTBOX_ENABLED = True
-EVENTSOURCE_EVENT_BUS = "redis" if REDIS_URL else "memory"
+# In process, the bus is an InMemoryEventBus with the orders reactions subscribed to it;
+# with Redis, ``manage.py consume_events`` runs the same reactions.
+EVENTSOURCE_EVENT_BUS = "redis" if REDIS_URL else "example_project.orders.reactions.in_process_bus"
 if REDIS_URL:
     EVENTSOURCE_REDIS_URL = REDIS_URL
 

@@ -92,7 +92,9 @@ class Order(DeclarativeAggregate[OrderState]):
 
     @handles(OrderCreated)
     def _on_created(self, event: OrderCreated) -> None:
-        self._state = self._state.model_copy(update={"customer": event.customer, "status": "created"})
+        self._state = self._state.model_copy(
+            update={"customer": event.customer, "status": "created"}
+        )
 
     @handles(OrderLineAdded)
     def _on_line_added(self, event: OrderLineAdded) -> None:

@@ -1,3 +1,10 @@
 from django.urls import path
 
-urlpatterns: list[object] = []
+from . import views
+
+app_name = "orders"
+
+urlpatterns = [
+    path("", views.order_list, name="list"),
+    path("orders/<uuid:order_id>/", views.order_history, name="history"),
+]

@@ -6,6 +6,7 @@
 - E004: ``EVENTSOURCE_EVENT_BUS`` is not ``None``, ``"memory"``, ``"redis"`` or an
   importable dotted path.
 - W001: the outbox is enabled but there is no bus to publish to.
+- W002: ``EVENTSOURCE_TRACING`` is ``True`` but ``opentelemetry-api`` is not installed.
 """
 
 from __future__ import annotations
@@ -235,4 +236,25 @@ def check_bus_backend(
                     id="django_eventsource.E010",
                 )
             ]
+    return []
+
+
+@register()
+def check_tracing(
+    app_configs: Sequence[AppConfig] | None = None,
+    databases: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> list[CheckMessage]:
+    """W002: EVENTSOURCE_TRACING is True but opentelemetry-api is not installed."""
+    from .tracing import OTEL_AVAILABLE
+
+    if conf.TRACING is True and not OTEL_AVAILABLE:
+        return [
+            Warning(
+                "EVENTSOURCE_TRACING is True but opentelemetry-api is not installed: "
+                "no spans are emitted.",
+                hint="pip install 'django-eventsource[otel]'",
+                id="django_eventsource.W002",
+            )
+        ]
     return []

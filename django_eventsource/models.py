@@ -161,6 +161,13 @@ class OutboxMessage(models.Model):
                 name="es_outbox_stream_idx",
             ),
             models.Index(fields=["status", "published_at"], name="es_outbox_published_idx"),
+            # The relay's per-aggregate order check looks only at pending rows of a
+            # stream; without the condition it would also walk days of published rows.
+            models.Index(
+                fields=["aggregate_type", "aggregate_id", "aggregate_version"],
+                name="es_outbox_pending_stream_idx",
+                condition=models.Q(status="pending"),
+            ),
         ]
 
     def __str__(self) -> str:

@@ -1,1 +1,96 @@
-"""Event buses: in-process and Redis Streams."""
+"""Event buses: in-process and Redis Streams.
+
+``get_event_bus()`` builds the bus named by ``EVENTSOURCE_EVENT_BUS`` once per process.
+This module stays light: the Redis client is imported only when the Redis bus is built.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
+
+from ..conf import conf
+
+if TYPE_CHECKING:
+    from .interface import EventBus
+
+#: Short names accepted by ``EVENTSOURCE_EVENT_BUS`` besides a dotted path.
+BUS_NAMES = ("memory", "redis")
+
+_lock = threading.Lock()
+_bus: EventBus | None = None
+_bus_setting: object = None
+_built = False
+
+
+def build_event_bus(name: object) -> EventBus | None:
+    """A new bus for a value of ``EVENTSOURCE_EVENT_BUS`` (``None`` gives ``None``).
+
+    ``"memory"`` gives an ``InMemoryEventBus``, ``"redis"`` a ``RedisEventBus`` configured
+    from the ``EVENTSOURCE_REDIS_*`` settings, and a dotted path an instance of that
+    ``EventBus`` subclass (called without arguments) or whatever that factory returns.
+    """
+    from .interface import EventBus
+
+    if name is None:
+        return None
+    if name == "memory":
+        from .memory import InMemoryEventBus
+
+        return InMemoryEventBus()
+    if name == "redis":
+        from .redis import RedisEventBus, RedisEventBusConfig
+
+        return RedisEventBus(RedisEventBusConfig.from_settings())
+    if not isinstance(name, str) or "." not in name:
+        raise ImproperlyConfigured(
+            f"EVENTSOURCE_EVENT_BUS must be None, 'memory', 'redis' or a dotted path, got {name!r}."
+        )
+    try:
+        factory = import_string(name)
+    except ImportError as exc:
+        raise ImproperlyConfigured(
+            f"EVENTSOURCE_EVENT_BUS {name!r} cannot be imported: {exc}"
+        ) from exc
+    bus = factory()
+    if not isinstance(bus, EventBus):
+        raise ImproperlyConfigured(
+            f"EVENTSOURCE_EVENT_BUS {name!r} returned {type(bus).__name__}, not an EventBus."
+        )
+    return bus
+
+
+def get_event_bus() -> EventBus | None:
+    """The process-wide bus named by ``EVENTSOURCE_EVENT_BUS`` (built on first use).
+
+    The bus is rebuilt when the setting changes (``override_settings`` in tests);
+    ``reset_event_bus()`` drops it explicitly.
+    """
+    global _bus, _bus_setting, _built
+    name = conf.EVENT_BUS
+    with _lock:
+        if not _built or _bus_setting != name:
+            _shutdown(_bus)
+            _bus = build_event_bus(name)
+            _bus_setting = name
+            _built = True
+        return _bus
+
+
+def reset_event_bus() -> None:
+    """Shut down and forget the process-wide bus; the next ``get_event_bus()`` rebuilds it."""
+    global _bus, _bus_setting, _built
+    with _lock:
+        _shutdown(_bus)
+        _bus, _bus_setting, _built = None, None, False
+
+
+def _shutdown(bus: EventBus | None) -> None:
+    if bus is not None:
+        bus.shutdown(timeout=5.0)
+
+
+__all__ = ["BUS_NAMES", "build_event_bus", "get_event_bus", "reset_event_bus"]

@@ -1,0 +1,336 @@
+"""The outbox relay: publishes committed outbox rows to the event bus.
+
+``publish_outbox()`` is the one function behind the ``publish_outbox`` management command
+and the Celery task of the same name. Each batch goes through three short steps:
+
+1. claim due rows in a short transaction (``SELECT … FOR UPDATE SKIP LOCKED`` on
+   PostgreSQL), so several relays share the work instead of duplicating it;
+2. publish them to the bus outside any transaction;
+3. mark them published (or count a failed attempt with exponential backoff and full
+   jitter; after ``EVENTSOURCE_OUTBOX_MAX_ATTEMPTS`` the row becomes ``failed``, stays
+   visible and can be put back with ``retry_failed``).
+
+A relay that dies between steps leaves its claim behind; another relay takes it over after
+``EVENTSOURCE_OUTBOX_CLAIM_TIMEOUT`` seconds. Delivery is therefore at-least-once: a
+consumer must treat ``event_id`` as its idempotency key.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol, runtime_checkable
+
+from django.db import close_old_connections
+from django.utils import timezone
+
+from . import tracing
+from .bus.interface import EventBus
+from .conf import conf
+from .events.base import DomainEvent
+from .events.registry import EventRegistry, default_registry
+from .exceptions import EventBusError
+from .repositories.outbox import (
+    DjangoOutboxRepository,
+    OutboxEntry,
+    OutboxFailure,
+    OutboxRepository,
+)
+
+logger = logging.getLogger("django_eventsource.relay")
+
+
+@runtime_checkable
+class SerializedEventPublisher(Protocol):
+    """A bus that can publish events straight from their ``to_dict()`` form.
+
+    The relay prefers this path (``RedisEventBus`` offers it): it skips rebuilding event
+    objects only to serialize them again.
+    """
+
+    def publish_serialized(self, events: Sequence[Mapping[str, Any]]) -> None: ...
+
+
+@dataclass
+class RelayReport:
+    """What a ``publish_outbox`` call did.
+
+    ``published`` rows were delivered, ``retried`` attempts failed and were scheduled
+    again, ``failed`` rows ran out of attempts and are now ``failed``, ``cleaned`` old
+    published rows were deleted.
+    """
+
+    published: int = 0
+    failed: int = 0
+    retried: int = 0
+    cleaned: int = 0
+
+    def add(self, other: RelayReport) -> None:
+        self.published += other.published
+        self.failed += other.failed
+        self.retried += other.retried
+        self.cleaned += other.cleaned
+
+
+#: Called after every batch with the running totals of the current call.
+ProgressCallback = Callable[[RelayReport], None]
+
+
+def backoff_delay(attempt: int, base: float | None = None, cap: float | None = None) -> float:
+    """Seconds to wait before attempt ``attempt + 1``: exponential with full jitter.
+
+    The upper bound doubles with every attempt (``base * 2 ** (attempt - 1)``, capped at
+    ``cap``) and the delay is drawn uniformly below it, so relays that failed together
+    do not retry together.
+    """
+    base = conf.OUTBOX_RETRY_BACKOFF if base is None else base
+    cap = conf.OUTBOX_RETRY_BACKOFF_MAX if cap is None else cap
+    ceiling = min(float(cap), float(base) * 2 ** max(attempt - 1, 0))
+    return random.uniform(0, ceiling)
+
+
+def _relay_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class OutboxRelay:
+    """One relay: a claim name, a bus and a repository. ``publish_outbox`` drives it."""
+
+    def __init__(
+        self,
+        bus: EventBus,
+        repository: OutboxRepository | None = None,
+        *,
+        batch_size: int | None = None,
+        registry: EventRegistry | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.bus = bus
+        self.repository = repository or DjangoOutboxRepository()
+        self.batch_size = batch_size or conf.OUTBOX_BATCH_SIZE
+        self.registry = registry or default_registry
+        self.name = name or _relay_name()
+
+    def run_batch(self, exclude_ids: set[int] | None = None) -> tuple[RelayReport, int]:
+        """Claim, publish and settle one batch; returns the report and the rows claimed.
+
+        Ids of rows whose attempt failed are added to ``exclude_ids`` when given, so a
+        single pass attempts each row at most once.
+        """
+        report = RelayReport()
+        entries = self.repository.claim_due(
+            self.name,
+            self.batch_size,
+            now=timezone.now(),
+            claim_timeout=float(conf.OUTBOX_CLAIM_TIMEOUT),
+            exclude_ids=exclude_ids or (),
+        )
+        if not entries:
+            return report, 0
+        sendable, failures, held = self._prepare(entries)
+        if sendable:
+            # Linked to the traces that saved the events (one batch, many traces).
+            with tracing.span(
+                "eventsource.outbox.publish",
+                {"event_count": len(sendable), "relay": self.name},
+                links=[entry.event_data.get("metadata") or {} for entry in sendable],
+            ) as current:
+                try:
+                    self._publish(sendable)
+                except Exception as exc:  # any bus failure is retried later
+                    tracing.record_exception(current, exc)
+                    failures.extend(self._failure(entry, _describe(exc)) for entry in sendable)
+                    sendable = []
+        now = timezone.now()
+        report.published = self.repository.mark_published_many(
+            [entry.id for entry in sendable], now=now
+        )
+        if report.published:
+            logger.info(
+                "Outbox relay %s published %d rows",
+                self.name,
+                report.published,
+                extra={"relay": self.name, "count": report.published},
+            )
+        if held:
+            self.repository.release([entry.id for entry in held])
+        if failures:
+            max_attempts = int(conf.OUTBOX_MAX_ATTEMPTS)
+            report.failed = self.repository.record_failures(failures, max_attempts=max_attempts)
+            report.retried = len(failures) - report.failed
+            self._log_failures(entries, failures, max_attempts)
+            if exclude_ids is not None:
+                exclude_ids.update(f.id for f in failures)
+        return report, len(entries)
+
+    def _log_failures(
+        self, entries: list[OutboxEntry], failures: list[OutboxFailure], max_attempts: int
+    ) -> None:
+        """One line per failed row: WARNING while it will be retried, ERROR once failed."""
+        by_id = {entry.id: entry for entry in entries}
+        for failure in failures:
+            entry = by_id[failure.id]
+            attempt = entry.retry_count + 1
+            extra = {
+                "relay": self.name,
+                "outbox_id": entry.id,
+                "event_id": str(entry.event_id),
+                "event_type": entry.event_type,
+                "attempt": attempt,
+            }
+            if attempt >= max_attempts:
+                logger.error(
+                    "Outbox row %d (event %s, %s) marked failed after %d attempts: %s",
+                    entry.id,
+                    entry.event_id,
+                    entry.event_type,
+                    attempt,
+                    failure.error,
+                    extra=extra,
+                )
+            else:
+                logger.warning(
+                    "Outbox row %d (event %s, %s) failed on attempt %d, retry at %s: %s",
+                    entry.id,
+                    entry.event_id,
+                    entry.event_type,
+                    attempt,
+                    failure.next_attempt_at.isoformat(timespec="seconds"),
+                    failure.error,
+                    extra=extra,
+                )
+
+    def _failure(self, entry: OutboxEntry, error: str) -> OutboxFailure:
+        delay = backoff_delay(entry.retry_count + 1)
+        return OutboxFailure(entry.id, error, timezone.now() + timedelta(seconds=delay))
+
+    def _prepare(
+        self, entries: list[OutboxEntry]
+    ) -> tuple[list[OutboxEntry], list[OutboxFailure], list[OutboxEntry]]:
+        """Split claimed rows into sendable, failed-to-decode and held-back rows.
+
+        Only a bus without the serialized path needs event objects; a row that no longer
+        decodes fails on its own, and the later rows of its aggregate are released
+        untouched so they cannot overtake it.
+        """
+        if isinstance(self.bus, SerializedEventPublisher):
+            return entries, [], []
+        sendable: list[OutboxEntry] = []
+        failures: list[OutboxFailure] = []
+        held: list[OutboxEntry] = []
+        broken: set[tuple[str, Any]] = set()
+        for entry in entries:
+            stream = (entry.aggregate_type, entry.aggregate_id)
+            if stream in broken:
+                held.append(entry)
+                continue
+            try:
+                self.registry.deserialize(dict(entry.event_data))
+            except Exception as exc:  # recorded on the row
+                broken.add(stream)
+                failures.append(self._failure(entry, _describe(exc)))
+            else:
+                sendable.append(entry)
+        return sendable, failures, held
+
+    def _publish(self, entries: list[OutboxEntry]) -> None:
+        if isinstance(self.bus, SerializedEventPublisher):
+            self.bus.publish_serialized([entry.event_data for entry in entries])
+            return
+        events: list[DomainEvent] = [
+            self.registry.deserialize(dict(entry.event_data)) for entry in entries
+        ]
+        self.bus.publish(events)
+
+
+def _cleanup(repository: OutboxRepository) -> int:
+    days = conf.OUTBOX_RETENTION_DAYS
+    if days is None:
+        return 0
+    return repository.cleanup_published(days=int(days))
+
+
+def publish_outbox(
+    *,
+    once: bool = False,
+    batch_size: int | None = None,
+    stop_event: threading.Event | None = None,
+    bus: EventBus | None = None,
+    progress: ProgressCallback | None = None,
+    repository: OutboxRepository | None = None,
+) -> RelayReport:
+    """Publish pending outbox rows to the event bus.
+
+    With ``once=True``, publish every row that is due now (each attempted at most once)
+    and return. Otherwise loop until ``stop_event`` is set, waiting
+    ``EVENTSOURCE_POLL_INTERVAL`` seconds whenever there is nothing to do (or the bus is
+    failing). Published rows older than ``EVENTSOURCE_OUTBOX_RETENTION_DAYS`` are deleted
+    once per pass and then at most once an hour.
+
+    ``bus`` defaults to ``get_event_bus()``; ``progress`` is called after every batch
+    with the running totals. Returns the totals.
+    """
+    if bus is None:
+        from .bus import get_event_bus
+
+        bus = get_event_bus()
+        if bus is None:
+            raise EventBusError(
+                "publish_outbox has no event bus: set EVENTSOURCE_EVENT_BUS "
+                "('memory', 'redis' or a dotted path)."
+            )
+    relay = OutboxRelay(bus, repository, batch_size=batch_size)
+    stop = stop_event or threading.Event()
+    total = RelayReport()
+    attempted: set[int] | None = set() if once else None
+    last_cleanup: datetime | None = None
+    while not stop.is_set():
+        if last_cleanup is None or timezone.now() - last_cleanup > timedelta(hours=1):
+            total.cleaned += _cleanup(relay.repository)
+            last_cleanup = timezone.now()
+        report, claimed = relay.run_batch(attempted)
+        total.add(report)
+        if claimed and progress is not None:
+            progress(total)
+        if once and claimed == 0:
+            break
+        if not once:
+            close_old_connections()
+            # A short batch means the backlog is drained; a batch that only failed
+            # means the bus is down. Either way, wait before polling again.
+            if claimed < relay.batch_size or report.published == 0:
+                stop.wait(float(conf.POLL_INTERVAL))
+    return total
+
+
+def retry_failed(
+    ids: Sequence[int] | None = None, *, repository: OutboxRepository | None = None
+) -> int:
+    """Put ``failed`` outbox rows back to pending (all of them when ``ids`` is None).
+
+    Their attempt counters restart at zero and they are due at once. Returns how many
+    rows were reset.
+    """
+    return (repository or DjangoOutboxRepository()).retry_failed(ids)
+
+
+__all__ = [
+    "OutboxRelay",
+    "ProgressCallback",
+    "RelayReport",
+    "SerializedEventPublisher",
+    "backoff_delay",
+    "publish_outbox",
+    "retry_failed",
+]

@@ -1,0 +1,789 @@
+"""The transactional outbox: events waiting to be published to the event bus.
+
+``DjangoEventStore`` writes one ``OutboxMessage`` row per event in the append transaction
+(when the outbox is enabled); the relay (``django_eventsource.relay.publish_outbox``)
+claims due rows, publishes them and marks them published. The repositories here hold
+every query the relay needs, so the relay itself works on the Django tables and on the
+in-memory implementation alike.
+
+The relay never needs the event store's safe high-water mark: it does not follow a
+position cursor but picks every committed pending row, so a row that commits late is
+simply picked up by a later pass. Per-aggregate order is kept by never claiming a row
+while an earlier version of the same aggregate is still pending.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+from uuid import UUID
+
+from asgiref.sync import sync_to_async
+from django.utils import timezone
+
+from ..events.base import DomainEvent
+
+if TYPE_CHECKING:
+    from django.db.models import QuerySet
+
+    from ..models import OutboxMessage
+
+OutboxStatus = Literal["pending", "published", "failed"]
+
+PENDING: OutboxStatus = "pending"
+PUBLISHED: OutboxStatus = "published"
+FAILED: OutboxStatus = "failed"
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One outbox row as the relay and the admin see it.
+
+    ``event_data`` is the event's ``to_dict()``. The fields after ``last_error`` are the
+    relay's bookkeeping: the event's version in its aggregate, when the next attempt is
+    due, and which relay holds the row (and since when).
+    """
+
+    id: int
+    event_id: UUID
+    event_type: str
+    aggregate_id: UUID
+    aggregate_type: str
+    tenant_id: UUID | None
+    event_data: dict[str, Any]
+    created_at: datetime
+    status: OutboxStatus
+    published_at: datetime | None
+    retry_count: int
+    last_error: str
+    aggregate_version: int = 0
+    next_attempt_at: datetime | None = None
+    claimed_by: str = ""
+    claimed_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    """Row counts by status and the creation time of the oldest pending row."""
+
+    pending_count: int
+    published_count: int
+    failed_count: int
+    oldest_pending: datetime | None
+
+
+@dataclass(frozen=True)
+class OutboxFailure:
+    """A failed publishing attempt of one claimed row, as reported by the relay."""
+
+    id: int
+    error: str
+    next_attempt_at: datetime
+
+
+class OutboxRepository(ABC):
+    """Storage of outbox rows.
+
+    The first group of methods is the seed's repository API; the ``claim_due`` family is
+    what the relay uses to share the work between several relays safely.
+    """
+
+    @abstractmethod
+    def add_event(self, event: DomainEvent) -> int:
+        """Store ``event`` as a pending row; returns the row id."""
+
+    @abstractmethod
+    def get_pending_events(self, limit: int = 100) -> list[OutboxEntry]:
+        """Up to ``limit`` pending rows, oldest first."""
+
+    @abstractmethod
+    def get_entry(self, outbox_id: int) -> OutboxEntry | None:
+        """One row by id, or ``None``."""
+
+    @abstractmethod
+    def mark_published(self, outbox_id: int) -> None:
+        """Mark one row published now."""
+
+    @abstractmethod
+    def mark_failed(self, outbox_id: int, error: str) -> None:
+        """Give up on one row: status ``failed`` with ``error`` (it stays visible)."""
+
+    @abstractmethod
+    def increment_retry(self, outbox_id: int, error: str) -> None:
+        """Count one failed attempt of a row and record ``error``; it stays pending."""
+
+    @abstractmethod
+    def cleanup_published(self, days: int = 7) -> int:
+        """Delete rows published more than ``days`` days ago; returns how many."""
+
+    @abstractmethod
+    def get_stats(self) -> OutboxStats:
+        """Counts by status and the oldest pending row's creation time."""
+
+    # -- relay support ----------------------------------------------------------------
+
+    @abstractmethod
+    def claim_due(
+        self,
+        claimer: str,
+        limit: int,
+        *,
+        now: datetime,
+        claim_timeout: float,
+        exclude_ids: Iterable[int] = (),
+    ) -> list[OutboxEntry]:
+        """Claim up to ``limit`` due pending rows for ``claimer`` and return them by id.
+
+        A row is due when its ``next_attempt_at`` has passed and nobody holds it (or the
+        holder's claim is older than ``claim_timeout`` seconds). A row is never claimed
+        while an earlier version of the same aggregate is pending outside this claim.
+        """
+
+    @abstractmethod
+    def mark_published_many(self, ids: Sequence[int], *, now: datetime) -> int:
+        """Mark the given claimed rows published and release them; returns how many."""
+
+    @abstractmethod
+    def record_failures(self, failures: Sequence[OutboxFailure], *, max_attempts: int) -> int:
+        """Count one failed attempt per row and release it; rows reaching
+        ``max_attempts`` become ``failed``. Returns how many became ``failed``."""
+
+    @abstractmethod
+    def release(self, ids: Sequence[int]) -> None:
+        """Drop claims without counting an attempt (rows left unpublished on purpose)."""
+
+    @abstractmethod
+    def retry_failed(self, ids: Sequence[int] | None = None) -> int:
+        """Put failed rows (all of them when ``ids`` is None) back to pending, due now."""
+
+    # -- async twins ------------------------------------------------------------------
+
+    async def aadd_event(self, event: DomainEvent) -> int:
+        return await sync_to_async(self.add_event)(event)
+
+    async def aget_pending_events(self, limit: int = 100) -> list[OutboxEntry]:
+        return await sync_to_async(self.get_pending_events)(limit)
+
+    async def amark_published(self, outbox_id: int) -> None:
+        await sync_to_async(self.mark_published)(outbox_id)
+
+    async def amark_failed(self, outbox_id: int, error: str) -> None:
+        await sync_to_async(self.mark_failed)(outbox_id, error)
+
+    async def aincrement_retry(self, outbox_id: int, error: str) -> None:
+        await sync_to_async(self.increment_retry)(outbox_id, error)
+
+    async def acleanup_published(self, days: int = 7) -> int:
+        return await sync_to_async(self.cleanup_published)(days)
+
+    async def aget_stats(self) -> OutboxStats:
+        return await sync_to_async(self.get_stats)()
+
+    async def aretry_failed(self, ids: Sequence[int] | None = None) -> int:
+        return await sync_to_async(self.retry_failed)(ids)
+
+
+def _entry_values(event: DomainEvent) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "event_type": event.event_type,
+        "aggregate_id": event.aggregate_id,
+        "aggregate_type": event.aggregate_type,
+        "aggregate_version": event.aggregate_version,
+        "tenant_id": event.tenant_id,
+        "event_data": event.to_dict(),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Django
+
+
+_ENTRY_FIELDS = (
+    "id",
+    "event_id",
+    "event_type",
+    "aggregate_id",
+    "aggregate_type",
+    "tenant_id",
+    "event_data",
+    "created_at",
+    "status",
+    "published_at",
+    "retry_count",
+    "last_error",
+    "aggregate_version",
+    "next_attempt_at",
+    "claimed_by",
+    "claimed_at",
+)
+
+
+#: Columns a failed attempt changes.
+_FAILURE_FIELDS = [
+    "retry_count",
+    "last_error",
+    "status",
+    "next_attempt_at",
+    "claimed_by",
+    "claimed_at",
+]
+
+
+def _to_entry(row: Sequence[Any]) -> OutboxEntry:
+    return OutboxEntry(*row)
+
+
+class DjangoOutboxRepository(OutboxRepository):
+    """Outbox rows in the ``eventsource_outbox`` table (``OutboxMessage``).
+
+    ``using`` names the database; by default the router's write database for
+    ``OutboxMessage``. Claims use ``SELECT … FOR UPDATE SKIP LOCKED`` where the database
+    supports it (PostgreSQL), so concurrent relays skip each other's rows instead of
+    waiting; every claim is also a compare-and-set on ``claimed_at``, which keeps SQLite
+    (whose writers are serialized anyway) and other backends correct.
+    """
+
+    def __init__(self, using: str | None = None) -> None:
+        self._using = using
+
+    @property
+    def using(self) -> str:
+        from django.db import router
+
+        from ..models import OutboxMessage
+
+        return self._using or router.db_for_write(OutboxMessage)
+
+    def _rows(self) -> QuerySet[OutboxMessage]:
+        from ..models import OutboxMessage
+
+        return OutboxMessage.objects.using(self.using)
+
+    def _entries(self, queryset: QuerySet[OutboxMessage]) -> list[OutboxEntry]:
+        return [_to_entry(row) for row in queryset.values_list(*_ENTRY_FIELDS)]
+
+    def add_event(self, event: DomainEvent) -> int:
+        return int(self._rows().create(**_entry_values(event)).pk)
+
+    def get_pending_events(self, limit: int = 100) -> list[OutboxEntry]:
+        from ..models import OutboxMessage
+
+        return self._entries(
+            self._rows().filter(status=OutboxMessage.Status.PENDING).order_by("id")[:limit]
+        )
+
+    def get_entry(self, outbox_id: int) -> OutboxEntry | None:
+        entries = self._entries(self._rows().filter(id=outbox_id))
+        return entries[0] if entries else None
+
+    def mark_published(self, outbox_id: int) -> None:
+        self.mark_published_many([outbox_id], now=timezone.now())
+
+    def mark_failed(self, outbox_id: int, error: str) -> None:
+        from ..models import OutboxMessage
+
+        self._rows().filter(id=outbox_id).update(
+            status=OutboxMessage.Status.FAILED, last_error=error, claimed_by="", claimed_at=None
+        )
+
+    def increment_retry(self, outbox_id: int, error: str) -> None:
+        from django.db.models import F
+
+        self._rows().filter(id=outbox_id).update(retry_count=F("retry_count") + 1, last_error=error)
+
+    def cleanup_published(self, days: int = 7) -> int:
+        from ..models import OutboxMessage
+
+        cutoff = timezone.now() - timedelta(days=days)
+        deleted, _ = (
+            self._rows()
+            .filter(status=OutboxMessage.Status.PUBLISHED, published_at__lt=cutoff)
+            .delete()
+        )
+        return deleted
+
+    def get_stats(self) -> OutboxStats:
+        from django.db.models import Count, Min, Q
+
+        from ..models import OutboxMessage
+
+        status = OutboxMessage.Status
+        figures = self._rows().aggregate(
+            pending=Count("id", filter=Q(status=status.PENDING)),
+            published=Count("id", filter=Q(status=status.PUBLISHED)),
+            failed=Count("id", filter=Q(status=status.FAILED)),
+            oldest=Min("created_at", filter=Q(status=status.PENDING)),
+        )
+        return OutboxStats(
+            pending_count=figures["pending"],
+            published_count=figures["published"],
+            failed_count=figures["failed"],
+            oldest_pending=figures["oldest"],
+        )
+
+    def claim_due(
+        self,
+        claimer: str,
+        limit: int,
+        *,
+        now: datetime,
+        claim_timeout: float,
+        exclude_ids: Iterable[int] = (),
+    ) -> list[OutboxEntry]:
+        from django.db import connections
+
+        stale_before = now - timedelta(seconds=claim_timeout)
+        excluded = list(exclude_ids)
+        if connections[self.using].vendor == "postgresql":
+            # The order check is part of the claiming statement there.
+            return self._claim_postgresql(claimer, limit, now, stale_before, excluded)
+        claimed = self._claim_generic(claimer, limit, now, stale_before, excluded)
+        if not claimed:
+            return []
+        keep, dropped = self._in_aggregate_order(claimed)
+        if dropped:
+            self._rows().filter(id__in=dropped, claimed_by=claimer).update(
+                claimed_by="", claimed_at=None
+            )
+        return keep
+
+    def _in_aggregate_order(
+        self, claimed: list[OutboxEntry]
+    ) -> tuple[list[OutboxEntry], list[int]]:
+        """Split a claim into rows to publish and rows to give back.
+
+        Any pending earlier version outside this claim (being claimed by another relay at
+        this very moment, or simply not picked) must be published first, so our rows
+        behind it are given back. This runs as a new statement, so it sees every claim
+        committed since ours; a predecessor published in the meantime no longer blocks.
+        """
+        from django.db.models import Min
+
+        from ..models import OutboxMessage
+
+        ids = [entry.id for entry in claimed]
+        blockers = {
+            (row["aggregate_type"], row["aggregate_id"]): row["first"]
+            for row in self._rows()
+            .filter(
+                status=OutboxMessage.Status.PENDING,
+                aggregate_type__in={entry.aggregate_type for entry in claimed},
+                aggregate_id__in={entry.aggregate_id for entry in claimed},
+            )
+            .exclude(id__in=ids)
+            .values("aggregate_type", "aggregate_id")
+            .annotate(first=Min("aggregate_version"))
+            .order_by()
+        }
+        if not blockers:
+            return claimed, []
+        keep: list[OutboxEntry] = []
+        dropped: list[int] = []
+        for entry in claimed:
+            first = blockers.get((entry.aggregate_type, entry.aggregate_id))
+            if first is None or entry.aggregate_version < first:
+                keep.append(entry)
+            else:
+                dropped.append(entry.id)
+        return keep, dropped
+
+    def _claim_postgresql(
+        self,
+        claimer: str,
+        limit: int,
+        now: datetime,
+        stale_before: datetime,
+        excluded: list[int],
+    ) -> list[OutboxEntry]:
+        """One ``UPDATE … RETURNING`` over a ``FOR UPDATE SKIP LOCKED`` pick.
+
+        A single statement is its own short transaction: concurrent relays skip the rows
+        another one is claiming instead of waiting for them. A row locked by another
+        relay is still visible as pending to this statement, so its successors are left
+        out (the ``behind`` step); the check errs on the side of waiting.
+        """
+        import json
+
+        from django.db import connections
+
+        from ..models import OutboxMessage
+
+        qn = connections[self.using].ops.quote_name
+        table = qn(OutboxMessage._meta.db_table)
+        columns = ", ".join(f"o.{qn(name)}" for name in _ENTRY_FIELDS)
+        # Predecessors that certainly cannot be claimed now (backing off, or held by a
+        # live claim) rule their successors out here, so a backlog behind one stuck
+        # event does not fill every batch with rows that would only be given back.
+        # Identifiers come from the model; every value is a query parameter.
+        sql = f"""
+            WITH picked AS (
+                SELECT c.id, c.aggregate_type, c.aggregate_id, c.aggregate_version
+                FROM (
+                    -- OFFSET 0 keeps this a separate step: rows come in id order and
+                    -- the order check below runs only until the batch is full, even
+                    -- when stale statistics make the planner expect few pending rows.
+                    SELECT id, aggregate_type, aggregate_id, aggregate_version
+                    FROM {table}
+                    WHERE status = 'pending'
+                      AND (next_attempt_at IS NULL OR next_attempt_at <= %s)
+                      AND (claimed_at IS NULL OR claimed_at < %s)
+                      AND NOT (id = ANY(%s))
+                    ORDER BY id
+                    OFFSET 0
+                    FOR UPDATE SKIP LOCKED
+                ) AS c
+                WHERE NOT EXISTS (
+                    SELECT 1 FROM {table} AS p
+                    WHERE p.status = 'pending'
+                      AND p.aggregate_type = c.aggregate_type
+                      AND p.aggregate_id = c.aggregate_id
+                      AND p.aggregate_version < c.aggregate_version
+                      AND (p.next_attempt_at > %s OR p.claimed_at >= %s)
+                )
+                LIMIT %s
+            ),
+            behind AS (
+                -- Picked rows with an earlier pending version outside the pick (a row
+                -- another relay is claiming right now, or one excluded): they wait.
+                SELECT k.id FROM picked AS k
+                WHERE EXISTS (
+                    SELECT 1 FROM {table} AS p
+                    WHERE p.status = 'pending'
+                      AND p.aggregate_type = k.aggregate_type
+                      AND p.aggregate_id = k.aggregate_id
+                      AND p.aggregate_version < k.aggregate_version
+                      AND p.id NOT IN (SELECT id FROM picked)
+                )
+            )
+            UPDATE {table} AS o SET claimed_by = %s, claimed_at = %s
+            WHERE o.id IN (SELECT id FROM picked EXCEPT SELECT id FROM behind)
+            RETURNING {columns}
+        """
+        params: list[Any] = [now, stale_before, excluded, now, stale_before, limit, claimer, now]
+        with connections[self.using].cursor() as cursor:
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+        entries = []
+        for row in sorted(rows, key=lambda r: r[0]):
+            values = list(row)
+            data = values[6]
+            if isinstance(data, str | bytes):
+                values[6] = json.loads(data)
+            entries.append(_to_entry(values))
+        return entries
+
+    def _claim_generic(
+        self,
+        claimer: str,
+        limit: int,
+        now: datetime,
+        stale_before: datetime,
+        excluded: list[int],
+    ) -> list[OutboxEntry]:
+        """Select then claim with a compare-and-set UPDATE (SQLite and other backends).
+
+        SQLite serializes writers, so two relays cannot both win a row; the conditional
+        UPDATE settles it on backends without row locks all the same.
+        """
+        from django.db import transaction
+        from django.db.models import Exists, OuterRef, Q
+
+        from ..models import OutboxMessage
+
+        rows = self._rows()
+        pending = OutboxMessage.Status.PENDING
+        unclaimed = Q(claimed_at__isnull=True) | Q(claimed_at__lt=stale_before)
+        held_predecessor = rows.filter(
+            status=pending,
+            aggregate_type=OuterRef("aggregate_type"),
+            aggregate_id=OuterRef("aggregate_id"),
+            aggregate_version__lt=OuterRef("aggregate_version"),
+        ).filter(Q(next_attempt_at__gt=now) | Q(claimed_at__gte=stale_before))
+        candidates = (
+            rows.filter(status=pending)
+            .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+            .filter(unclaimed)
+            .filter(~Exists(held_predecessor))
+            .order_by("id")
+        )
+        if excluded:
+            candidates = candidates.exclude(id__in=excluded)
+        with transaction.atomic(using=self.using):
+            picked = [row[0] for row in candidates.values_list("id")[:limit]]
+            if not picked:
+                return []
+            rows.filter(id__in=picked, status=pending).filter(unclaimed).update(
+                claimed_by=claimer, claimed_at=now
+            )
+            return self._entries(
+                rows.filter(id__in=picked, claimed_by=claimer, claimed_at=now).order_by("id")
+            )
+
+    def mark_published_many(self, ids: Sequence[int], *, now: datetime) -> int:
+        from ..models import OutboxMessage
+
+        if not ids:
+            return 0
+        published = OutboxMessage.Status.PUBLISHED
+        return (
+            self._rows()
+            .filter(id__in=ids)
+            .exclude(status=published)
+            .update(
+                status=published,
+                published_at=now,
+                claimed_by="",
+                claimed_at=None,
+                next_attempt_at=None,
+            )
+        )
+
+    def record_failures(self, failures: Sequence[OutboxFailure], *, max_attempts: int) -> int:
+        from django.db import transaction
+
+        from ..models import OutboxMessage
+
+        if not failures:
+            return 0
+        status = OutboxMessage.Status
+        given_up = 0
+        with transaction.atomic(using=self.using):
+            counts = dict(
+                self._rows()
+                .filter(id__in=[f.id for f in failures], status=status.PENDING)
+                .select_for_update()
+                .values_list("id", "retry_count")
+            )
+            updates = []
+            for failure in failures:
+                if failure.id not in counts:
+                    continue
+                attempts = counts[failure.id] + 1
+                gives_up = attempts >= max_attempts
+                given_up += gives_up
+                updates.append(
+                    OutboxMessage(
+                        pk=failure.id,
+                        retry_count=attempts,
+                        last_error=failure.error,
+                        status=status.FAILED if gives_up else status.PENDING,
+                        next_attempt_at=None if gives_up else failure.next_attempt_at,
+                        claimed_by="",
+                        claimed_at=None,
+                    )
+                )
+            # One statement for the whole batch: a bus outage fails every row at once.
+            OutboxMessage.objects.using(self.using).bulk_update(updates, _FAILURE_FIELDS)
+        return given_up
+
+    def release(self, ids: Sequence[int]) -> None:
+        if ids:
+            self._rows().filter(id__in=ids).update(claimed_by="", claimed_at=None)
+
+    def retry_failed(self, ids: Sequence[int] | None = None) -> int:
+        from ..models import OutboxMessage
+
+        rows = self._rows().filter(status=OutboxMessage.Status.FAILED)
+        if ids is not None:
+            rows = rows.filter(id__in=list(ids))
+        return rows.update(
+            status=OutboxMessage.Status.PENDING,
+            retry_count=0,
+            next_attempt_at=None,
+            claimed_by="",
+            claimed_at=None,
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# In memory
+
+
+class InMemoryOutboxRepository(OutboxRepository):
+    """Outbox rows in a dict, for tests and the framework-free setup. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._entries: dict[int, OutboxEntry] = {}
+        self._next_id = 1
+
+    def add_event(self, event: DomainEvent) -> int:
+        with self._lock:
+            if any(e.event_id == event.event_id for e in self._entries.values()):
+                raise ValueError(f"Event {event.event_id} is already in the outbox")
+            outbox_id = self._next_id
+            self._next_id += 1
+            values = _entry_values(event)
+            self._entries[outbox_id] = OutboxEntry(
+                id=outbox_id,
+                event_id=values["event_id"],
+                event_type=values["event_type"],
+                aggregate_id=values["aggregate_id"],
+                aggregate_type=values["aggregate_type"],
+                tenant_id=values["tenant_id"],
+                event_data=values["event_data"],
+                created_at=timezone.now(),
+                status=PENDING,
+                published_at=None,
+                retry_count=0,
+                last_error="",
+                aggregate_version=values["aggregate_version"],
+            )
+            return outbox_id
+
+    def get_pending_events(self, limit: int = 100) -> list[OutboxEntry]:
+        with self._lock:
+            return [e for _, e in sorted(self._entries.items()) if e.status == PENDING][:limit]
+
+    def get_entry(self, outbox_id: int) -> OutboxEntry | None:
+        with self._lock:
+            return self._entries.get(outbox_id)
+
+    def _update(self, outbox_id: int, **changes: Any) -> None:
+        entry = self._entries.get(outbox_id)
+        if entry is not None:
+            self._entries[outbox_id] = replace(entry, **changes)
+
+    def mark_published(self, outbox_id: int) -> None:
+        self.mark_published_many([outbox_id], now=timezone.now())
+
+    def mark_failed(self, outbox_id: int, error: str) -> None:
+        with self._lock:
+            self._update(outbox_id, status=FAILED, last_error=error, claimed_by="", claimed_at=None)
+
+    def increment_retry(self, outbox_id: int, error: str) -> None:
+        with self._lock:
+            entry = self._entries.get(outbox_id)
+            if entry is not None:
+                self._update(outbox_id, retry_count=entry.retry_count + 1, last_error=error)
+
+    def cleanup_published(self, days: int = 7) -> int:
+        cutoff = timezone.now() - timedelta(days=days)
+        with self._lock:
+            old = [
+                i
+                for i, e in self._entries.items()
+                if e.status == PUBLISHED and e.published_at is not None and e.published_at < cutoff
+            ]
+            for outbox_id in old:
+                del self._entries[outbox_id]
+            return len(old)
+
+    def get_stats(self) -> OutboxStats:
+        with self._lock:
+            entries = list(self._entries.values())
+        pending = [e for e in entries if e.status == PENDING]
+        return OutboxStats(
+            pending_count=len(pending),
+            published_count=sum(e.status == PUBLISHED for e in entries),
+            failed_count=sum(e.status == FAILED for e in entries),
+            oldest_pending=min((e.created_at for e in pending), default=None),
+        )
+
+    def claim_due(
+        self,
+        claimer: str,
+        limit: int,
+        *,
+        now: datetime,
+        claim_timeout: float,
+        exclude_ids: Iterable[int] = (),
+    ) -> list[OutboxEntry]:
+        stale_before = now - timedelta(seconds=claim_timeout)
+        excluded = set(exclude_ids)
+        with self._lock:
+            claimed: list[OutboxEntry] = []
+            blocked: set[tuple[str, UUID]] = set()
+            for outbox_id, entry in sorted(self._entries.items()):
+                if len(claimed) >= limit:
+                    break
+                if entry.status != PENDING:
+                    continue
+                stream = (entry.aggregate_type, entry.aggregate_id)
+                free = entry.claimed_at is None or entry.claimed_at < stale_before
+                due = entry.next_attempt_at is None or entry.next_attempt_at <= now
+                if stream in blocked or not free or not due or outbox_id in excluded:
+                    # Everything later in this aggregate waits for this row.
+                    blocked.add(stream)
+                    continue
+                claimed_entry = replace(entry, claimed_by=claimer, claimed_at=now)
+                self._entries[outbox_id] = claimed_entry
+                claimed.append(claimed_entry)
+            return claimed
+
+    def mark_published_many(self, ids: Sequence[int], *, now: datetime) -> int:
+        count = 0
+        with self._lock:
+            for outbox_id in ids:
+                entry = self._entries.get(outbox_id)
+                if entry is not None and entry.status != PUBLISHED:
+                    count += 1
+                    self._update(
+                        outbox_id,
+                        status=PUBLISHED,
+                        published_at=now,
+                        claimed_by="",
+                        claimed_at=None,
+                        next_attempt_at=None,
+                    )
+        return count
+
+    def record_failures(self, failures: Sequence[OutboxFailure], *, max_attempts: int) -> int:
+        given_up = 0
+        with self._lock:
+            for failure in failures:
+                entry = self._entries.get(failure.id)
+                if entry is None or entry.status != PENDING:
+                    continue
+                attempts = entry.retry_count + 1
+                gives_up = attempts >= max_attempts
+                given_up += gives_up
+                self._update(
+                    failure.id,
+                    retry_count=attempts,
+                    last_error=failure.error,
+                    status=FAILED if gives_up else PENDING,
+                    next_attempt_at=None if gives_up else failure.next_attempt_at,
+                    claimed_by="",
+                    claimed_at=None,
+                )
+        return given_up
+
+    def release(self, ids: Sequence[int]) -> None:
+        with self._lock:
+            for outbox_id in ids:
+                self._update(outbox_id, claimed_by="", claimed_at=None)
+
+    def retry_failed(self, ids: Sequence[int] | None = None) -> int:
+        with self._lock:
+            targets = [
+                i
+                for i, e in self._entries.items()
+                if e.status == FAILED and (ids is None or i in set(ids))
+            ]
+            for outbox_id in targets:
+                self._update(
+                    outbox_id,
+                    status=PENDING,
+                    retry_count=0,
+                    next_attempt_at=None,
+                    claimed_by="",
+                    claimed_at=None,
+                )
+            return len(targets)
+
+
+__all__ = [
+    "DjangoOutboxRepository",
+    "InMemoryOutboxRepository",
+    "OutboxEntry",
+    "OutboxFailure",
+    "OutboxRepository",
+    "OutboxStats",
+    "OutboxStatus",
+]

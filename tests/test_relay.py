@@ -1,0 +1,311 @@
+"""The outbox relay (``publish_outbox``): claiming, publishing, backoff, order, concurrency."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from datetime import timedelta
+from io import StringIO
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.test import override_settings
+from django.utils import timezone
+
+from django_eventsource import DjangoEventStore, DomainEvent, ExpectedVersion, InMemoryEventBus
+from django_eventsource.bus.interface import EventBus, HandlerLike
+from django_eventsource.models import OutboxMessage
+from django_eventsource.relay import backoff_delay, publish_outbox, retry_failed
+from django_eventsource.repositories.outbox import InMemoryOutboxRepository
+from django_eventsource.tasks import publish_outbox as publish_outbox_task
+from tests.factories import account_history
+
+
+class RecordingBus(EventBus):
+    """Remembers what was published; raises while ``down`` is set."""
+
+    def __init__(self) -> None:
+        self.published: list[DomainEvent] = []
+        self.down = False
+        self.lock = threading.Lock()
+
+    def publish(self, events: Sequence[DomainEvent], background: bool = False) -> None:
+        if self.down:
+            raise ConnectionError("bus unreachable")
+        with self.lock:
+            self.published.extend(events)
+
+    def subscribe(self, event_type: type[DomainEvent] | str, handler: HandlerLike) -> None:
+        raise NotImplementedError
+
+    def unsubscribe(self, event_type: type[DomainEvent] | str, handler: HandlerLike) -> bool:
+        raise NotImplementedError
+
+    def subscribe_to_all_events(self, handler: HandlerLike) -> None:
+        raise NotImplementedError
+
+    def unsubscribe_from_all_events(self, handler: HandlerLike) -> bool:
+        raise NotImplementedError
+
+
+def _save(events: list[DomainEvent], using: str | None = None) -> None:
+    store = DjangoEventStore(using=using, outbox_enabled=True)
+    store.append_events(events[0].aggregate_id, "Account", events, ExpectedVersion.ANY)
+
+
+def _statuses() -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for status in OutboxMessage.objects.values_list("status", flat=True):
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+@pytest.mark.django_db
+def test_saved_events_are_published_once_and_marked_published() -> None:
+    events = account_history(deposits=3)
+    _save(events)
+    bus = RecordingBus()
+
+    report = publish_outbox(once=True, bus=bus)
+
+    assert [e.event_id for e in bus.published] == [e.event_id for e in events]
+    assert report.published == 4
+    assert _statuses() == {"published": 4}
+    assert publish_outbox(once=True, bus=bus).published == 0
+    assert len(bus.published) == 4
+
+
+@pytest.mark.django_db
+def test_small_batches_still_publish_everything_in_order() -> None:
+    first, second = account_history(deposits=4), account_history(deposits=4)
+    _save(first)
+    _save(second)
+    bus = RecordingBus()
+
+    publish_outbox(once=True, bus=bus, batch_size=3)
+
+    for history in (first, second):
+        published = [e for e in bus.published if e.aggregate_id == history[0].aggregate_id]
+        assert [e.aggregate_version for e in published] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.django_db
+@override_settings(EVENTSOURCE_OUTBOX_RETRY_BACKOFF=60, EVENTSOURCE_OUTBOX_RETRY_BACKOFF_MAX=60)
+def test_a_failing_bus_leaves_rows_pending_with_a_backoff() -> None:
+    _save(account_history(deposits=1))
+    bus = RecordingBus()
+    bus.down = True
+    before = timezone.now()
+
+    report = publish_outbox(once=True, bus=bus)
+
+    assert (report.published, report.retried, report.failed) == (0, 2, 0)
+    rows = list(OutboxMessage.objects.order_by("id"))
+    assert {r.status for r in rows} == {"pending"}
+    assert {r.retry_count for r in rows} == {1}
+    assert "bus unreachable" in rows[0].last_error
+    assert all(r.next_attempt_at is not None and r.next_attempt_at >= before for r in rows)
+    assert all(r.claimed_by == "" for r in rows)
+
+
+@pytest.mark.django_db
+@override_settings(EVENTSOURCE_OUTBOX_MAX_ATTEMPTS=2, EVENTSOURCE_OUTBOX_RETRY_BACKOFF=0)
+def test_rows_become_failed_after_the_last_attempt_and_retry_failed_revives_them() -> None:
+    _save(account_history(deposits=0))
+    bus = RecordingBus()
+    bus.down = True
+
+    publish_outbox(once=True, bus=bus)
+    report = publish_outbox(once=True, bus=bus)
+
+    row = OutboxMessage.objects.get()
+    assert report.failed == 1
+    assert (row.status, row.retry_count) == ("failed", 2)
+    assert publish_outbox(once=True, bus=bus).retried == 0  # failed rows are left alone
+
+    bus.down = False
+    assert retry_failed([row.pk]) == 1
+    assert publish_outbox(once=True, bus=bus).published == 1
+    assert OutboxMessage.objects.get().status == "published"
+
+
+@pytest.mark.django_db
+@override_settings(EVENTSOURCE_OUTBOX_RETRY_BACKOFF=60, EVENTSOURCE_OUTBOX_RETRY_BACKOFF_MAX=60)
+def test_a_row_backing_off_holds_back_later_versions_of_its_aggregate_only() -> None:
+    stuck, free = account_history(deposits=1), account_history(deposits=1)
+    _save(stuck)
+    bus = RecordingBus()
+    bus.down = True
+    publish_outbox(once=True, bus=bus)  # both rows of `stuck` now back off
+    OutboxMessage.objects.filter(event_id=stuck[1].event_id).update(next_attempt_at=None)
+    _save(free)
+    bus.down = False
+
+    publish_outbox(once=True, bus=bus)
+
+    assert [e.event_id for e in bus.published] == [e.event_id for e in free]
+
+
+@pytest.mark.django_db
+def test_a_claim_of_a_dead_relay_is_taken_over_after_the_claim_timeout() -> None:
+    _save(account_history(deposits=1))
+    OutboxMessage.objects.update(
+        claimed_by="dead-relay", claimed_at=timezone.now() - timedelta(hours=1)
+    )
+    bus = RecordingBus()
+
+    with override_settings(EVENTSOURCE_OUTBOX_CLAIM_TIMEOUT=7200):
+        assert publish_outbox(once=True, bus=bus).published == 0
+    with override_settings(EVENTSOURCE_OUTBOX_CLAIM_TIMEOUT=60):
+        assert publish_outbox(once=True, bus=bus).published == 2
+
+
+@pytest.mark.django_db
+def test_published_rows_past_the_retention_period_are_deleted() -> None:
+    _save(account_history(deposits=1))
+    publish_outbox(once=True, bus=RecordingBus())
+    OutboxMessage.objects.filter(aggregate_version=1).update(
+        published_at=timezone.now() - timedelta(days=8)
+    )
+
+    with override_settings(EVENTSOURCE_OUTBOX_RETENTION_DAYS=7):
+        report = publish_outbox(once=True, bus=RecordingBus())
+
+    assert report.cleaned == 1
+    assert list(OutboxMessage.objects.values_list("aggregate_version", flat=True)) == [2]
+
+
+@pytest.mark.django_db
+def test_a_row_that_no_longer_decodes_fails_alone_and_holds_back_its_aggregate() -> None:
+    broken, fine = account_history(deposits=1), account_history(deposits=0)
+    _save(broken)
+    _save(fine)
+    OutboxMessage.objects.filter(event_id=broken[0].event_id).update(
+        event_data={**broken[0].to_dict(), "event_type": "NoSuchEvent"}
+    )
+    bus = RecordingBus()
+
+    report = publish_outbox(once=True, bus=bus)
+
+    assert [e.event_id for e in bus.published] == [fine[0].event_id]
+    assert report.retried == 1
+    row = OutboxMessage.objects.get(event_id=broken[0].event_id)
+    assert "NoSuchEvent" in row.last_error
+    assert OutboxMessage.objects.get(event_id=broken[1].event_id).retry_count == 0
+
+
+@pytest.mark.django_db
+def test_events_reach_in_memory_bus_subscribers() -> None:
+    received: list[UUID] = []
+    bus = InMemoryEventBus()
+    bus.subscribe_to_all_events(lambda event: received.append(event.event_id))
+    events = account_history(deposits=1)
+    _save(events)
+
+    publish_outbox(once=True, bus=bus)
+
+    assert received == [e.event_id for e in events]
+
+
+def test_the_relay_runs_on_the_in_memory_outbox_without_a_database() -> None:
+    repo = InMemoryOutboxRepository()
+    events = account_history(deposits=2)
+    for event in events:
+        repo.add_event(event)
+    bus = RecordingBus()
+
+    report = publish_outbox(once=True, bus=bus, repository=repo)
+
+    assert report.published == 3
+    assert bus.published == events
+
+
+@pytest.mark.django_db
+def test_the_loop_stops_when_the_stop_event_is_set_and_reports_progress() -> None:
+    _save(account_history(deposits=1))
+    stop = threading.Event()
+    seen: list[int] = []
+
+    def progress(report: Any) -> None:
+        seen.append(report.published)
+        stop.set()
+
+    report = publish_outbox(bus=RecordingBus(), stop_event=stop, progress=progress)
+
+    assert report.published == 2
+    assert seen == [2]
+
+
+def test_backoff_grows_exponentially_and_respects_the_cap() -> None:
+    delays = [backoff_delay(n, base=1.0, cap=8.0) for n in range(1, 8) for _ in range(50)]
+
+    assert all(0 <= d <= 8.0 for d in delays)
+    assert max(backoff_delay(1, base=1.0, cap=8.0) for _ in range(50)) <= 1.0
+    assert max(delays) > 4.0  # later attempts may wait longer
+
+
+@pytest.mark.django_db
+@override_settings(EVENTSOURCE_EVENT_BUS="memory")
+def test_the_command_publishes_and_prints_a_summary() -> None:
+    _save(account_history(deposits=1))
+    out = StringIO()
+
+    call_command("publish_outbox", once=True, stdout=out)
+
+    assert "published 2" in out.getvalue()
+    assert _statuses() == {"published": 2}
+
+
+@pytest.mark.django_db
+@override_settings(EVENTSOURCE_EVENT_BUS=None)
+def test_the_command_explains_that_no_bus_is_configured() -> None:
+    with pytest.raises(CommandError, match="EVENTSOURCE_EVENT_BUS"):
+        call_command("publish_outbox", once=True)
+
+
+@pytest.mark.django_db
+@override_settings(EVENTSOURCE_EVENT_BUS="memory")
+def test_the_celery_task_publishes_what_is_due() -> None:
+    _save(account_history(deposits=0))
+
+    result = publish_outbox_task(batch_size=10)
+
+    assert result["published"] == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_two_relays_at_once_publish_every_row_exactly_once() -> None:
+    histories = [account_history(aggregate_id=uuid4(), deposits=9) for _ in range(10)]
+    for history in histories:
+        _save(history)
+    bus = RecordingBus()
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def relay() -> None:
+        try:
+            barrier.wait(timeout=10)
+            publish_outbox(once=True, bus=bus, batch_size=7)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=relay) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+
+    assert errors == []
+    published = [e.event_id for e in bus.published]
+    assert len(published) == len(set(published)) == 100
+    for history in histories:
+        versions = [
+            e.aggregate_version for e in bus.published if e.aggregate_id == history[0].aggregate_id
+        ]
+        assert versions == list(range(1, 11))

@@ -1,0 +1,72 @@
+"""The outbox relay publishing to a real Redis, including while Redis is away."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from decimal import Decimal
+from uuid import uuid4
+
+import pytest
+from django.test import override_settings
+
+from django_eventsource import AggregateRepository, DjangoEventStore
+from django_eventsource.bus.redis import RedisEventBus, RedisEventBusConfig
+from django_eventsource.models import OutboxMessage
+from django_eventsource.relay import publish_outbox
+from tests.testapp.domain import Account
+
+pytestmark = [pytest.mark.redis, pytest.mark.django_db]
+
+
+@pytest.fixture
+def config(redis_url: str) -> Iterator[RedisEventBusConfig]:
+    cfg = RedisEventBusConfig(redis_url=redis_url, stream_prefix=f"test-{uuid4().hex}")
+    yield cfg
+    bus = RedisEventBus(cfg)
+    bus.client.delete(cfg.stream_name, cfg.dead_letter_stream)
+    bus.close()
+
+
+def _open_accounts(count: int, deposits: int) -> list[Account]:
+    repo = AggregateRepository(DjangoEventStore(outbox_enabled=True), Account)
+    accounts = []
+    for _ in range(count):
+        account = repo.create_new(uuid4())
+        account.open("Ada")
+        for n in range(deposits):
+            account.deposit(Decimal(n + 1))
+        repo.save(account)
+        accounts.append(account)
+    return accounts
+
+
+@override_settings(EVENTSOURCE_OUTBOX_RETRY_BACKOFF=0, EVENTSOURCE_OUTBOX_RETRY_BACKOFF_MAX=0)
+def test_saves_succeed_while_redis_is_away_and_everything_is_delivered_once_it_is_back(
+    config: RedisEventBusConfig,
+) -> None:
+    accounts = _open_accounts(3, deposits=3)
+    away = RedisEventBus(replace(config, redis_url="redis://127.0.0.1:1/0", connection_retries=0))
+
+    report = publish_outbox(once=True, bus=away)
+
+    assert report.published == 0 and report.retried == 12
+    rows = OutboxMessage.objects.all()
+    assert {(r.status, r.retry_count) for r in rows} == {("pending", 1)}
+    assert all("unavailable" in r.last_error for r in rows)
+
+    back = RedisEventBus(config)
+    report = publish_outbox(once=True, bus=back)
+
+    assert report.published == 12
+    entries = back.client.xrange(config.stream_name)
+    for account in accounts:
+        versions = [
+            int(f["aggregate_version"])
+            for _, f in entries
+            if f["aggregate_id"] == str(account.aggregate_id)
+        ]
+        assert versions == [1, 2, 3, 4]
+    assert set(OutboxMessage.objects.values_list("status", flat=True)) == {"published"}
+    away.close()
+    back.close()

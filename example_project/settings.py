@@ -97,7 +97,7 @@ EVENTSOURCE_PROJECTIONS = ["example_project.orders.projections.OrderSummaryProje
 EVENTSOURCE_OUTBOX_ENABLED = True
 # In process, the bus is an InMemoryEventBus with the orders reactions subscribed to it;
 # with Redis, ``manage.py consume_events`` runs the same reactions.
-EVENTSOURCE_EVENT_BUS = "redis" if REDIS_URL else "example_project.orders.reactions.in_process_bus"
+EVENTSOURCE_EVENT_BUS = "redis" if REDIS_URL else "memory"
 if REDIS_URL:
     EVENTSOURCE_REDIS_URL = REDIS_URL
 

@@ -29,7 +29,9 @@ _built = False
 def build_event_bus(name: object) -> EventBus | None:
     """A new bus for a value of ``EVENTSOURCE_EVENT_BUS`` (``None`` gives ``None``).
 
-    ``"memory"`` gives an ``InMemoryEventBus``, ``"redis"`` a ``RedisEventBus`` configured
+    ``"memory"`` gives an ``InMemoryEventBus`` with every handler registered in
+    ``django_eventsource.bus.consumers`` subscribed (so they run inside ``publish_outbox``),
+    ``"redis"`` a ``RedisEventBus`` configured
     from the ``EVENTSOURCE_REDIS_*`` settings, and a dotted path an instance of that
     ``EventBus`` subclass (called without arguments) or whatever that factory returns.
     """
@@ -38,9 +40,12 @@ def build_event_bus(name: object) -> EventBus | None:
     if name is None:
         return None
     if name == "memory":
+        from .consumers import attach_handlers
         from .memory import InMemoryEventBus
 
-        return InMemoryEventBus()
+        memory_bus = InMemoryEventBus()
+        attach_handlers(memory_bus)
+        return memory_bus
     if name == "redis":
         from .redis import RedisEventBus, RedisEventBusConfig
 

@@ -4,15 +4,15 @@ Unlike a projection, a reaction has no checkpoint of its own: the bus delivers e
 at least once, so handlers use the event id as their idempotency key.
 
 ``OrdersConfig.ready()`` registers the handlers with ``django_eventsource.bus.consumers``.
-With the Redis bus, ``consume_events`` runs them; with the in-process bus,
-``in_process_bus`` (the ``EVENTSOURCE_EVENT_BUS`` of the default settings) subscribes them,
-so they run inside ``publish_outbox``.
+With the Redis bus, ``consume_events`` runs them; with the in-process bus
+(``EVENTSOURCE_EVENT_BUS = "memory"``, the default settings) they are subscribed to it, so
+they run inside ``publish_outbox``.
 """
 
 from __future__ import annotations
 
-from django_eventsource import DomainEvent, EventBus, InMemoryEventBus
-from django_eventsource.bus.consumers import attach_handlers, register_handler
+from django_eventsource import DomainEvent
+from django_eventsource.bus.consumers import register_handler
 
 from .domain import OrderCancelled, OrderLineAdded
 from .models import InventoryReservation
@@ -39,10 +39,3 @@ def register_reactions() -> None:
     """Register the handlers with the consumer registry (called once, from ``ready()``)."""
     register_handler(OrderLineAdded, reserve_inventory)
     register_handler(OrderCancelled, release_inventory)
-
-
-def in_process_bus() -> EventBus:
-    """An ``InMemoryEventBus`` with every registered handler subscribed."""
-    bus = InMemoryEventBus()
-    attach_handlers(bus)
-    return bus

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -171,14 +172,19 @@ class AggregateRepository(Generic[TAggregate]):
         events = [self._stamp(event) for event in pending]
         expected_version = aggregate.version - len(events)
         store = self.event_store
-        with store.atomic():
+        snapshot_store = self.snapshot_store
+        snapshot_due = snapshot_store is not None and self._snapshot_due(
+            expected_version, aggregate.version
+        )
+        # append_events is atomic by itself (events and outbox rows); an enclosing
+        # transaction is only needed when a snapshot must commit with them. Opening one
+        # anyway would make the append's own atomic block a savepoint: two more round trips.
+        with store.atomic() if snapshot_due else contextlib.nullcontext():
             result = store.append_events(
                 aggregate.aggregate_id, self.aggregate_type, events, expected_version
             )
-            if self.snapshot_store is not None and self._snapshot_due(
-                expected_version, aggregate.version
-            ):
-                self._save_snapshot(self.snapshot_store, aggregate, events[-1].tenant_id)
+            if snapshot_due and snapshot_store is not None:
+                self._save_snapshot(snapshot_store, aggregate, events[-1].tenant_id)
             if self.event_publisher is not None:
                 publisher = self.event_publisher
                 store.on_commit(lambda: self._publish(publisher, events))

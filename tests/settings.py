@@ -46,6 +46,11 @@ else:
         }
     }
 
+# Subprocesses started by tests (run_projections, Celery workers) use the test database
+# of the parent test run, whose name the parent passes here.
+if os.environ.get("EVENTSOURCE_TEST_DB_NAME"):
+    DATABASES["default"]["NAME"] = os.environ["EVENTSOURCE_TEST_DB_NAME"]
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -93,6 +98,10 @@ EVENTSOURCE_REDIS_URL = REDIS_URL
 EVENTSOURCE_RETRY_BACKOFF = 0.001
 EVENTSOURCE_RETRY_BACKOFF_MAX = 0.01
 EVENTSOURCE_POLL_INTERVAL = 0.05
+# Projections of test subprocesses: comma-separated dotted paths.
+EVENTSOURCE_PROJECTIONS = [
+    path for path in os.environ.get("EVENTSOURCE_TEST_PROJECTIONS", "").split(",") if path
+]
 
 LOGGING = {
     "version": 1,

@@ -1,0 +1,98 @@
+"""``manage.py run_projections``: keep the configured projections up to date."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from ...projections.runner import UnknownProjectionError, run_projections
+
+
+class Command(BaseCommand):
+    help = (
+        "Run the projections of EVENTSOURCE_PROJECTIONS: catch up from their checkpoints, "
+        "then follow new events until SIGTERM/SIGINT (or stop after one pass with --once)."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--once", action="store_true", help="Catch up once, then exit (no loop)."
+        )
+        parser.add_argument(
+            "--projection",
+            action="append",
+            dest="projections",
+            metavar="NAME",
+            help="Run only this projection (name or dotted path); repeat for several.",
+        )
+        parser.add_argument(
+            "--batch-size",
+            type=int,
+            help="Events per batch and transaction (default EVENTSOURCE_PROJECTION_BATCH_SIZE).",
+        )
+        parser.add_argument(
+            "--poll-interval",
+            type=float,
+            help="Seconds between polls when idle (default EVENTSOURCE_POLL_INTERVAL).",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        batch_size = options["batch_size"]
+        if batch_size is not None and batch_size < 1:
+            raise CommandError("--batch-size must be at least 1")
+        poll_interval = options["poll_interval"]
+        if poll_interval is not None and poll_interval < 0:
+            raise CommandError("--poll-interval cannot be negative")
+        verbosity = int(options["verbosity"])
+        stop_event = threading.Event()
+        restore = self._install_signal_handlers(stop_event)
+
+        def progress(message: str) -> None:
+            if verbosity >= 2:
+                self.stdout.write(message)
+
+        if verbosity >= 1 and not options["once"]:
+            self.stdout.write("Running projections; press Ctrl+C to stop.")
+        try:
+            summary = run_projections(
+                options["projections"],
+                once=options["once"],
+                batch_size=batch_size,
+                poll_interval=poll_interval,
+                stop_event=stop_event,
+                progress=progress,
+            )
+        except UnknownProjectionError as exc:
+            raise CommandError(str(exc)) from exc
+        finally:
+            restore()
+        if verbosity >= 1:
+            for name, count in summary.processed.items():
+                self.stdout.write(f"{name}: {count} events")
+            if summary.dead_lettered:
+                self.stdout.write(
+                    self.style.WARNING(f"{summary.dead_lettered} events dead-lettered")
+                )
+            self.stdout.write(self.style.SUCCESS(f"Processed {summary.total_processed} events."))
+
+    def _install_signal_handlers(self, stop_event: threading.Event) -> Any:
+        """SIGTERM/SIGINT request a stop; the current batch is finished first."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def request_stop(signum: int, frame: FrameType | None) -> None:
+            stop_event.set()
+
+        previous = {
+            sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore

@@ -1,0 +1,286 @@
+"""Projection base classes: build read models from events.
+
+``Projection`` is the contract; ``DeclarativeProjection`` routes each event to the method
+marked ``@handles(EventClass)``; ``CheckpointTrackingProjection`` adds a checkpoint,
+retries with backoff and a dead-letter queue for projections fed outside the runner
+(an in-process bus, for example). Under ``run_projections`` the runner provides all of
+that itself, in the projection's database transaction.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import random
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from asgiref.sync import async_to_sync
+
+from ..context import event_context
+from ..events.base import DomainEvent
+from .decorators import collect_handlers, find_handler_name
+
+if TYPE_CHECKING:
+    from ..repositories.checkpoint import CheckpointRepository
+    from ..repositories.dlq import DLQRepository
+
+logger = logging.getLogger("django_eventsource")
+
+
+def run_to_completion(result: Any) -> Any:
+    """Return ``result``, first awaiting it when a handler returned a coroutine."""
+    if inspect.isawaitable(result):
+
+        async def _await() -> Any:
+            return await result
+
+        return async_to_sync(_await)()
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often a failing handler is tried, and how long to wait between attempts.
+
+    The delay before attempt ``n + 1`` is drawn uniformly from
+    ``[0, min(max_delay, base_delay * 2 ** (n - 1))]`` ("full jitter"), so runners that
+    fail together do not retry in lockstep.
+    """
+
+    max_attempts: int = 3
+    base_delay: float = 0.1
+    max_delay: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("RetryPolicy.max_attempts must be at least 1")
+
+    @classmethod
+    def from_settings(cls) -> RetryPolicy:
+        """``EVENTSOURCE_MAX_RETRIES``, ``EVENTSOURCE_RETRY_BACKOFF`` and ``..._BACKOFF_MAX``."""
+        from ..conf import conf
+
+        return cls(
+            max_attempts=max(int(conf.MAX_RETRIES), 1),
+            base_delay=float(conf.RETRY_BACKOFF),
+            max_delay=float(conf.RETRY_BACKOFF_MAX),
+        )
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        ceiling = min(self.max_delay, self.base_delay * 2 ** max(attempt - 1, 0))
+        return random.uniform(0, ceiling)
+
+
+@dataclass(frozen=True, slots=True)
+class HandlingFailure:
+    """A handler that kept failing: the last error and how many attempts were made."""
+
+    error: BaseException
+    attempts: int
+
+
+class Projection(ABC):
+    """A read model kept up to date from events.
+
+    Subclasses implement ``handle`` (sync, or ``async def``) and ``reset`` (drop the
+    read model so it can be rebuilt from position 0). ``subscribed_to`` lists the event
+    classes the projection wants; an empty list means every event.
+    """
+
+    #: Retries for this projection; ``None`` uses the ``EVENTSOURCE_*`` retry settings.
+    retry_policy: ClassVar[RetryPolicy | None] = None
+
+    #: Let the runner apply a whole batch in one savepoint, falling back to one savepoint
+    #: per event (with retries and dead letters) only when a handler fails. The database
+    #: ends up the same, with far fewer round trips; but on that fallback the handlers of
+    #: the batch run a second time, so keep their effects in the database (or idempotent).
+    optimistic_batches: ClassVar[bool] = False
+
+    @property
+    def name(self) -> str:
+        """The checkpoint and dead-letter key; defaults to the class name."""
+        return type(self).__name__
+
+    @abstractmethod
+    def handle(self, event: DomainEvent) -> Any:
+        """Apply one event to the read model."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Remove everything the projection wrote, before a rebuild."""
+
+    def subscribed_to(self) -> list[type[DomainEvent]]:
+        """Event classes this projection handles (subclasses included); ``[]`` means all."""
+        return []
+
+    def is_interested_in(self, event: DomainEvent) -> bool:
+        """Whether ``event`` is one of the subscribed classes."""
+        wanted = self.subscribed_to()
+        return not wanted or isinstance(event, tuple(wanted))
+
+    def process(self, event: DomainEvent) -> None:
+        """Apply one event once, without retries or checkpointing (what the runner calls)."""
+        run_to_completion(self.handle(event))
+
+    def get_retry_policy(self) -> RetryPolicy:
+        """The policy in force for this projection."""
+        return self.retry_policy or RetryPolicy.from_settings()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} name={self.name!r}>"
+
+
+class DeclarativeProjection(Projection):
+    """A projection whose handlers are methods marked with ``@handles``::
+
+        class AccountSummary(DeclarativeProjection):
+            @handles(AccountOpened)
+            def on_opened(self, event: AccountOpened) -> None:
+                AccountRow.objects.create(id=event.aggregate_id, owner=event.owner)
+
+            def reset(self) -> None:
+                AccountRow.objects.all().delete()
+
+    A handler may be ``async def``; it is run to completion. Events without a handler
+    are not subscribed to, so they are skipped.
+    """
+
+    _handlers: ClassVar[dict[type[DomainEvent], str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._handlers = collect_handlers(cls)
+
+    def subscribed_to(self) -> list[type[DomainEvent]]:
+        return list(self._handlers)
+
+    def is_interested_in(self, event: DomainEvent) -> bool:
+        return find_handler_name(self._handlers, type(event)) is not None
+
+    def handle(self, event: DomainEvent) -> Any:
+        name = find_handler_name(self._handlers, type(event))
+        if name is None:
+            return None
+        return run_to_completion(getattr(self, name)(event))
+
+
+def apply_with_retries(
+    projection: Projection,
+    event: DomainEvent,
+    policy: RetryPolicy | None = None,
+    attempt_scope: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    sleep: Callable[[float], Any] = time.sleep,
+) -> HandlingFailure | None:
+    """Apply ``event`` with ``projection.process``, retrying with backoff.
+
+    Each attempt runs inside ``attempt_scope()`` (the runner passes a savepoint, so a
+    failed attempt leaves no partial writes) and inside an ``event_context`` carrying the
+    event's id as causation and its correlation id, so events saved by the handler are
+    linked to it. Returns ``None`` on success, else the last failure.
+    """
+    policy = policy or projection.get_retry_policy()
+    for attempt in range(1, policy.max_attempts + 1):
+        try:
+            with (
+                attempt_scope(),
+                event_context(causation_id=event.event_id, correlation_id=event.correlation_id),
+            ):
+                projection.process(event)
+            return None
+        except Exception as exc:
+            logger.warning(
+                "Projection %s failed on %s (attempt %d/%d): %s",
+                projection.name,
+                event.event_type,
+                attempt,
+                policy.max_attempts,
+                exc,
+                extra={
+                    "projection": projection.name,
+                    "event_id": str(event.event_id),
+                    "event_type": event.event_type,
+                    "attempt": attempt,
+                },
+            )
+            if attempt == policy.max_attempts:
+                return HandlingFailure(error=exc, attempts=attempt)
+            sleep(policy.delay(attempt))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class CheckpointTrackingProjection(DeclarativeProjection):
+    """A declarative projection that tracks its own checkpoint, retries and dead letters.
+
+    For projections fed one event at a time outside ``run_projections`` (an event bus
+    subscription, a test). ``handle(event)`` skips events at or below the checkpoint
+    when their global position is known, retries the ``@handles`` method with backoff,
+    dead-letters it after the last attempt and always moves the checkpoint on.
+
+    The repositories default to in-memory ones; pass ``DjangoCheckpointRepository()``
+    and ``DjangoDLQRepository()`` to persist them.
+    """
+
+    def __init__(
+        self,
+        checkpoint_repo: CheckpointRepository | None = None,
+        dlq_repo: DLQRepository | None = None,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        from ..repositories.checkpoint import InMemoryCheckpointRepository
+        from ..repositories.dlq import InMemoryDLQRepository
+
+        self.checkpoint_repo = checkpoint_repo or InMemoryCheckpointRepository()
+        self.dlq_repo = dlq_repo or InMemoryDLQRepository()
+        self._retry_policy = retry_policy
+
+    def get_retry_policy(self) -> RetryPolicy:
+        return self._retry_policy or super().get_retry_policy()
+
+    def process(self, event: DomainEvent) -> None:
+        # The runner calls process(): only the handler, its own tracking takes over.
+        DeclarativeProjection.handle(self, event)
+
+    def handle(self, event: DomainEvent, global_position: int | None = None) -> bool:
+        """Track, retry and dead-letter one event; ``True`` when it was handled."""
+        current = self.checkpoint_repo.get_position(self.name)
+        if global_position is not None and global_position <= current:
+            return True
+        failure = (
+            apply_with_retries(self, event, self.get_retry_policy())
+            if self.is_interested_in(event)
+            else None
+        )
+        if failure is not None:
+            self.dlq_repo.add_failed_event(
+                event_id=event.event_id,
+                projection_name=self.name,
+                event_type=event.event_type,
+                event_data=event.to_dict(),
+                error=failure.error,
+                retry_count=failure.attempts,
+                global_position=global_position,
+            )
+        self.checkpoint_repo.update_checkpoint(
+            self.name,
+            event.event_id,
+            event.event_type,
+            global_position if global_position is not None else current,
+        )
+        return failure is None
+
+
+__all__ = [
+    "CheckpointTrackingProjection",
+    "DeclarativeProjection",
+    "HandlingFailure",
+    "Projection",
+    "RetryPolicy",
+    "apply_with_retries",
+    "run_to_completion",
+]

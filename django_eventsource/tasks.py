@@ -1,0 +1,104 @@
+"""Celery tasks (optional): the same functions as the management commands.
+
+Celery is not required: without it this module still imports, and the functions below
+are plain callables. With it, they are ``shared_task``s, so the project's own Celery app
+picks them up (``app.autodiscover_tasks()``); schedule them with beat::
+
+    CELERY_BEAT_SCHEDULE = {
+        "run-projections": {"task": "django_eventsource.tasks.run_projections", "schedule": 5.0},
+    }
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_shared_task: Callable[..., Any] | None
+try:
+    from celery import shared_task as _shared_task
+except ImportError:  # pragma: no cover - exercised only where celery is not installed
+    _shared_task = None
+
+
+def _task(**options: Any) -> Callable[[F], F]:
+    """``shared_task(**options)`` when Celery is installed, else the undecorated function."""
+
+    def decorator(func: F) -> F:
+        if _shared_task is None:  # pragma: no cover
+            return func
+        return _shared_task(**options)(func)  # type: ignore[no-any-return]
+
+    return decorator
+
+
+@_task(name="django_eventsource.tasks.run_projections", ignore_result=False)
+def run_projections(
+    projections: list[str] | None = None, batch_size: int | None = None
+) -> dict[str, Any]:
+    """One catch-up pass of the projections (``run_projections --once``).
+
+    Returns the events read per projection and the number dead-lettered. A projection
+    another worker is already running is skipped, so overlapping beats are harmless.
+    """
+    from .projections.runner import run_projections as run
+
+    summary = run(projections, once=True, batch_size=batch_size)
+    return {"processed": summary.processed, "dead_lettered": summary.dead_lettered}
+
+
+@_task(name="django_eventsource.tasks.retry_dead_letters", ignore_result=False)
+def retry_dead_letters(
+    projection: str | None = None, ids: list[int] | None = None
+) -> dict[str, Any]:
+    """Retry dead-lettered events (``retry_dead_letters`` command)."""
+    from .projections.runner import retry_dead_letters as retry
+
+    report = retry(projection=projection, ids=ids, resolved_by="celery:retry_dead_letters")
+    return {
+        "resolved": report.resolved,
+        "failed": report.failed,
+        "errors": {str(k): v for k, v in report.errors.items()},
+    }
+
+
+@_task(name="django_eventsource.tasks.publish_outbox", ignore_result=False)
+def publish_outbox(batch_size: int | None = None) -> dict[str, int]:
+    """Publish the outbox rows due now (``publish_outbox --once``).
+
+    Several workers may run it at once: each claims different rows.
+    """
+    from .relay import publish_outbox as publish
+
+    report = publish(once=True, batch_size=batch_size)
+    return {
+        "published": report.published,
+        "retried": report.retried,
+        "failed": report.failed,
+        "cleaned": report.cleaned,
+    }
+
+
+@_task(name="django_eventsource.tasks.recover_pending_events", ignore_result=False)
+def recover_pending_events(group: str | None = None) -> dict[str, int]:
+    """Claim Redis messages left pending too long and run the registered handlers on them.
+
+    Messages are claimed after ``EVENTSOURCE_REDIS_CLAIM_IDLE_MS``; those delivered more
+    than ``EVENTSOURCE_REDIS_MAX_RETRIES`` times go to the dead-letter stream.
+    """
+    from .bus.consumers import attach_handlers
+    from .bus.redis import RedisEventBus, RedisEventBusConfig
+
+    bus = RedisEventBus(RedisEventBusConfig.from_settings(consumer_group=group))
+    try:
+        attach_handlers(bus)
+        handled = bus.recover_pending()
+        stats = bus.get_stats()
+    finally:
+        bus.close()
+    return {"handled": handled, "dead_lettered": stats.messages_dead_lettered}
+
+
+__all__ = ["publish_outbox", "recover_pending_events", "retry_dead_letters", "run_projections"]

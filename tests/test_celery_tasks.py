@@ -1,0 +1,99 @@
+"""The Celery tasks, run by a real worker process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from django_eventsource import DjangoEventStore
+from tests.testapp.models import AccountSummary
+from tests.testapp.projections import SUMMARY, open_account
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_tasks_are_registered_under_their_documented_names() -> None:
+    from django_eventsource import tasks
+
+    assert getattr(tasks.run_projections, "name", None) == (
+        "django_eventsource.tasks.run_projections"
+    )
+    assert getattr(tasks.retry_dead_letters, "name", None) == (
+        "django_eventsource.tasks.retry_dead_letters"
+    )
+
+
+@pytest.mark.django_db
+def test_the_run_projections_task_runs_one_pass_in_process(settings: Any) -> None:
+    from django_eventsource.tasks import run_projections
+
+    settings.EVENTSOURCE_PROJECTIONS = [SUMMARY]
+    account = open_account(DjangoEventStore(), deposits=(8,))
+
+    result = run_projections.apply().get()  # type: ignore[attr-defined]
+
+    assert result == {"processed": {"AccountSummaryProjection": 2}, "dead_lettered": 0}
+    assert AccountSummary.objects.get(account_id=account).balance == Decimal(8)
+
+
+@pytest.mark.slow
+@pytest.mark.celery
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_celery_worker_runs_the_projections_task(redis_url: str) -> None:
+    from tests.celery_app import app
+
+    queue = f"eventsource-test-{uuid.uuid4().hex}"
+    account = open_account(DjangoEventStore(), deposits=(5, 7))
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "EVENTSOURCE_TEST_DB_NAME": str(connection.settings_dict["NAME"]),
+        "EVENTSOURCE_TEST_PROJECTIONS": SUMMARY,
+        "EVENTSOURCE_TEST_CELERY_QUEUE": queue,
+    }
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tests.celery_app",
+            "worker",
+            "--pool=solo",
+            "-Q",
+            queue,
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel=WARNING",
+            "-n",
+            f"{queue}@%h",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        result = app.send_task("django_eventsource.tasks.run_projections", queue=queue)
+        outcome = result.get(timeout=60)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+    assert outcome["processed"] == {"AccountSummaryProjection": 3}
+    assert AccountSummary.objects.get(account_id=account).balance == Decimal(12)

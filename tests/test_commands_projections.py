@@ -1,0 +1,213 @@
+"""The projection management commands: run_projections, reset_projection,
+retry_dead_letters and eventsource_status."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from io import StringIO
+from typing import Any
+from uuid import uuid4
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.test import override_settings
+
+from django_eventsource import DjangoEventStore
+from django_eventsource.models import Checkpoint, DeadLetter, OutboxMessage
+from tests.testapp import projections as test_projections
+from tests.testapp.models import AccountSummary, HandledEvent
+from tests.testapp.projections import FLAKY, SUMMARY, open_account
+
+pytestmark = [
+    pytest.mark.django_db,
+    pytest.mark.usefixtures("poison"),
+]
+
+
+@pytest.fixture
+def poison() -> Any:
+    test_projections.POISON_AMOUNTS.clear()
+    yield test_projections.POISON_AMOUNTS
+    test_projections.POISON_AMOUNTS.clear()
+
+
+@pytest.fixture
+def store() -> DjangoEventStore:
+    return DjangoEventStore()
+
+
+def run(*args: Any, **options: Any) -> str:
+    out = StringIO()
+    call_command(*args, stdout=out, **options)
+    return out.getvalue()
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[SUMMARY, FLAKY])
+def test_run_projections_once_processes_every_projection_and_reports_counts(
+    store: DjangoEventStore,
+) -> None:
+    account = open_account(store, deposits=(4,))
+
+    output = run("run_projections", once=True)
+
+    assert "AccountSummaryProjection: 2 events" in output
+    assert "FlakyLedgerProjection: 2 events" in output
+    assert AccountSummary.objects.get(account_id=account).balance == Decimal(4)
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[SUMMARY, FLAKY])
+def test_run_projections_can_be_limited_to_named_projections(store: DjangoEventStore) -> None:
+    open_account(store, deposits=(4,))
+
+    run("run_projections", once=True, projections=["FlakyLedgerProjection"], batch_size=1)
+
+    assert set(HandledEvent.objects.values_list("projection", flat=True)) == {
+        "FlakyLedgerProjection"
+    }
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[SUMMARY])
+def test_run_projections_is_quiet_at_verbosity_zero(store: DjangoEventStore) -> None:
+    open_account(store)
+
+    assert run("run_projections", once=True, verbosity=0) == ""
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[SUMMARY])
+def test_run_projections_rejects_an_unknown_projection_listing_the_configured_ones() -> None:
+    with pytest.raises(CommandError, match="'Nope'; configured: AccountSummaryProjection"):
+        run("run_projections", "--once", "--projection", "Nope")
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[SUMMARY])
+def test_run_projections_rejects_a_batch_size_below_one() -> None:
+    with pytest.raises(CommandError, match="--batch-size"):
+        run("run_projections", "--once", "--batch-size", "0")
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[SUMMARY], EVENTSOURCE_PROJECTION_BATCH_SIZE=2)
+def test_reset_projection_with_rebuild_replays_everything_showing_progress(
+    store: DjangoEventStore,
+) -> None:
+    account = open_account(store, deposits=(1, 2, 3))
+    run("run_projections", once=True)
+    AccountSummary.objects.update(balance=999)
+
+    output = run("reset_projection", "AccountSummaryProjection", "--rebuild", "--no-input")
+
+    percentages = [line.rsplit("(", 1)[1] for line in output.splitlines() if "%)" in line]
+    assert len(percentages) == 2
+    assert percentages[-1] == "100%)"
+    assert "Rebuilt AccountSummaryProjection: replayed 4 events." in output
+    assert AccountSummary.objects.get(account_id=account).balance == Decimal(6)
+    assert HandledEvent.objects.count() == 4
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[SUMMARY])
+def test_reset_projection_without_rebuild_empties_the_read_model_and_checkpoint(
+    store: DjangoEventStore,
+) -> None:
+    open_account(store)
+    run("run_projections", once=True)
+
+    run("reset_projection", "AccountSummaryProjection", no_input=True, interactive=False)
+
+    assert not AccountSummary.objects.exists()
+    assert Checkpoint.objects.get(projection_name="AccountSummaryProjection").position == 0
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[SUMMARY])
+def test_reset_projection_asks_for_confirmation(
+    store: DjangoEventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    open_account(store)
+    run("run_projections", once=True)
+    monkeypatch.setattr("builtins.input", lambda prompt: "no")
+
+    with pytest.raises(CommandError, match="cancelled"):
+        run("reset_projection", "AccountSummaryProjection")
+
+    assert AccountSummary.objects.exists()
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[SUMMARY])
+def test_reset_projection_rejects_an_unknown_name() -> None:
+    with pytest.raises(CommandError, match="Unknown projection 'Orders'"):
+        run("reset_projection", "Orders", "--no-input")
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[FLAKY])
+def test_retry_dead_letters_reports_resolved_and_still_failing_entries(
+    store: DjangoEventStore, poison: set[Decimal]
+) -> None:
+    poison.update({Decimal(13), Decimal(14)})
+    open_account(store, deposits=(13, 14))
+    run("run_projections", once=True)
+    poison.discard(Decimal(13))
+    still_broken = DeadLetter.objects.get(event_data__amount="14")
+
+    output = run("retry_dead_letters", "--projection", "FlakyLedgerProjection")
+
+    assert "1 resolved, 1 still failing." in output
+    assert f"#{still_broken.pk}: ValueError: cannot book 14" in output
+    assert DeadLetter.objects.filter(status=DeadLetter.Status.RESOLVED).count() == 1
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[FLAKY])
+def test_retry_dead_letters_can_target_single_ids(
+    store: DjangoEventStore, poison: set[Decimal]
+) -> None:
+    poison.update({Decimal(13), Decimal(14)})
+    open_account(store, deposits=(13, 14))
+    run("run_projections", once=True)
+    poison.clear()
+    chosen = DeadLetter.objects.get(event_data__amount="14")
+
+    output = run("retry_dead_letters", "--id", str(chosen.pk))
+
+    assert "1 resolved, 0 still failing." in output
+    still_failed = DeadLetter.objects.filter(status=DeadLetter.Status.FAILED)
+    assert [letter.event_data["amount"] for letter in still_failed] == ["13"]
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[SUMMARY, FLAKY])
+def test_eventsource_status_shows_position_lag_dead_letters_and_outbox_backlog(
+    store: DjangoEventStore, poison: set[Decimal]
+) -> None:
+    poison.add(Decimal(13))
+    open_account(store, deposits=(13,))
+    run("run_projections", once=True, projections=["FlakyLedgerProjection"])
+    flaky_position = store.get_global_position()
+    open_account(store)
+    OutboxMessage.objects.create(
+        event_id=uuid4(), event_type="AccountOpened", aggregate_id=uuid4(), aggregate_type="Account"
+    )
+
+    output = run("eventsource_status")
+
+    lines = {line.split()[0]: line.split()[1:] for line in output.splitlines() if line.strip()}
+    head = store.get_global_position()
+    assert lines["AccountSummaryProjection"][:2] == ["0", str(head)]
+    assert lines["FlakyLedgerProjection"][:2] == [str(flaky_position), str(head - flaky_position)]
+    assert lines["FlakyLedgerProjection"][-1] == "1"
+    assert "Dead letters: 1 failed, 0 retrying" in output
+    assert "Outbox: 1 pending, 0 failed" in output
+
+
+@pytest.mark.postgres
+@override_settings(EVENTSOURCE_PROJECTIONS=[SUMMARY])
+def test_eventsource_status_names_the_open_transaction_holding_readers_back() -> None:
+    import psycopg
+    from django.db import connection
+
+    params = connection.get_connection_params()
+    for key in ("cursor_factory", "context", "prepare_threshold"):
+        params.pop(key, None)
+    with psycopg.connect(**params, application_name="forgotten-shell") as other:
+        # A writer's open transaction, as an appending session would hold it.
+        other.execute("LOCK TABLE eventsource_event IN ROW EXCLUSIVE MODE")
+
+        output = run("eventsource_status")
+
+    assert "Readers held back by open transactions:" in output
+    assert "forgotten-shell" in output

@@ -1,0 +1,172 @@
+"""Projections used by the projection and runner tests."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from uuid import UUID, uuid4
+
+from asgiref.sync import sync_to_async
+from django.db import connection
+from django.db.models import F
+
+from django_eventsource import (
+    DeclarativeProjection,
+    DomainEvent,
+    EventStore,
+    ExpectedVersion,
+    Projection,
+    get_event_context,
+    handles,
+)
+
+from .domain import AccountOpened, MoneyDeposited, MoneyWithdrawn
+from .models import AccountSummary, HandledEvent
+
+#: Deposits of these amounts make ``FlakyLedgerProjection`` fail (tests edit the set).
+POISON_AMOUNTS: set[Decimal] = set()
+
+
+def _journal(projection: str, event: object) -> None:
+    ctx = get_event_context()
+    HandledEvent.objects.create(
+        projection=projection,
+        event_id=event.event_id,  # type: ignore[attr-defined]
+        causation_id=ctx.causation_id,
+        correlation_id=ctx.correlation_id,
+    )
+
+
+class AccountSummaryProjection(DeclarativeProjection):
+    """Balance and number of events per account, plus a journal of handled events."""
+
+    @handles(AccountOpened)
+    def on_opened(self, event: AccountOpened) -> None:
+        AccountSummary.objects.create(
+            account_id=event.aggregate_id,
+            owner=event.owner,
+            balance=event.opening_balance,
+            events_seen=1,
+        )
+        _journal(self.name, event)
+
+    @handles(MoneyDeposited)
+    def on_deposited(self, event: MoneyDeposited) -> None:
+        AccountSummary.objects.filter(account_id=event.aggregate_id).update(
+            balance=F("balance") + event.amount, events_seen=F("events_seen") + 1
+        )
+        _journal(self.name, event)
+
+    @handles(MoneyWithdrawn)
+    def on_withdrawn(self, event: MoneyWithdrawn) -> None:
+        AccountSummary.objects.filter(account_id=event.aggregate_id).update(
+            balance=F("balance") - event.amount, events_seen=F("events_seen") + 1
+        )
+        _journal(self.name, event)
+
+    def reset(self) -> None:
+        AccountSummary.objects.all().delete()
+        HandledEvent.objects.filter(projection=self.name).delete()
+
+
+class TallyProjection(DeclarativeProjection):
+    """Balance and event count per account in one UPDATE per event (the crash tests' load)."""
+
+    @handles(AccountOpened)
+    def on_opened(self, event: AccountOpened) -> None:
+        AccountSummary.objects.create(
+            account_id=event.aggregate_id, owner=event.owner, events_seen=1
+        )
+
+    @handles(MoneyDeposited)
+    def on_deposited(self, event: MoneyDeposited) -> None:
+        table = connection.ops.quote_name(AccountSummary._meta.db_table)
+        account_id = AccountSummary._meta.pk.get_db_prep_value(event.aggregate_id, connection)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} SET balance = balance + %s, events_seen = events_seen + 1 "
+                "WHERE account_id = %s",
+                [str(event.amount), account_id],
+            )
+
+    def reset(self) -> None:
+        AccountSummary.objects.all().delete()
+
+
+class CountingProjection(Projection):
+    """Counts every event it receives, in memory: no subscriptions, no writes."""
+
+    count = 0
+
+    def handle(self, event: DomainEvent) -> None:
+        type(self).count += 1
+
+    def reset(self) -> None:
+        type(self).count = 0
+
+
+class OptimisticCountingProjection(CountingProjection):
+    """``CountingProjection`` with whole batches applied in one savepoint."""
+
+    optimistic_batches = True
+
+
+class OptimisticTallyProjection(TallyProjection):
+    """``TallyProjection`` with whole batches applied in one savepoint."""
+
+    optimistic_batches = True
+
+
+class FlakyLedgerProjection(DeclarativeProjection):
+    """Journals deposits, but fails after writing when the amount is in ``POISON_AMOUNTS``."""
+
+    @handles(MoneyDeposited)
+    def on_deposited(self, event: MoneyDeposited) -> None:
+        _journal(self.name, event)
+        if event.amount in POISON_AMOUNTS:
+            raise ValueError(f"cannot book {event.amount}")
+
+    def reset(self) -> None:
+        HandledEvent.objects.filter(projection=self.name).delete()
+
+
+class OptimisticLedgerProjection(FlakyLedgerProjection):
+    """``FlakyLedgerProjection`` with whole batches applied in one savepoint."""
+
+    optimistic_batches = True
+
+
+class AsyncJournalProjection(DeclarativeProjection):
+    """Journals account openings from an ``async def`` handler."""
+
+    @handles(AccountOpened)
+    async def on_opened(self, event: AccountOpened) -> None:
+        await sync_to_async(_journal)(self.name, event)
+
+    def reset(self) -> None:
+        HandledEvent.objects.filter(projection=self.name).delete()
+
+
+def open_account(
+    store: EventStore, owner: str = "ann", deposits: tuple[str | int, ...] = ()
+) -> UUID:
+    """Append an ``AccountOpened`` and one ``MoneyDeposited`` per amount; returns the id."""
+    account_id = uuid4()
+    events: list[DomainEvent] = [
+        AccountOpened(aggregate_id=account_id, owner=owner, aggregate_version=1)
+    ]
+    for version, amount in enumerate(deposits, start=2):
+        events.append(
+            MoneyDeposited(
+                aggregate_id=account_id, amount=Decimal(amount), aggregate_version=version
+            )
+        )
+    store.append_events(account_id, "Account", events, ExpectedVersion.NO_STREAM)
+    return account_id
+
+
+SUMMARY = "tests.testapp.projections.AccountSummaryProjection"
+COUNTING = "tests.testapp.projections.CountingProjection"
+TALLY = "tests.testapp.projections.TallyProjection"
+FLAKY = "tests.testapp.projections.FlakyLedgerProjection"
+OPTIMISTIC = "tests.testapp.projections.OptimisticLedgerProjection"
+ASYNC_JOURNAL = "tests.testapp.projections.AsyncJournalProjection"

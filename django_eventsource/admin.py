@@ -426,8 +426,11 @@ class DeadLetterAdmin(ReadOnlyAdminMixin, _DeadLetterAdminBase):
     )
     readonly_fields = ("event_link", "error_message_text", "stacktrace_text", "event_data_json")
 
-    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        actions = super().get_actions(request)
+    def get_actions(self, request: HttpRequest, action_location: Any = None) -> dict[str, Any]:
+        # Django 6.1 passes the page the actions are for (change list or change form);
+        # Django 5.2 takes the request alone.
+        location = {} if action_location is None else {"action_location": action_location}
+        actions = super().get_actions(request, **location)
         # Only resolved dead letters may be deleted: "Delete resolved" replaces the
         # generic bulk delete, which would also drop unresolved failures.
         actions.pop("delete_selected", None)

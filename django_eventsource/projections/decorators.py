@@ -51,7 +51,7 @@ def find_handler_name(
     if name is not None:
         return name
     for base in event_class.__mro__[1:]:
-        name = handlers.get(base)  # type: ignore[call-overload]
+        name = handlers.get(base)
         if name is not None:
             return name
     return None

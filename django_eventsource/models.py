@@ -18,7 +18,10 @@ class EventRecord(models.Model):
     event_type = models.CharField(_("event type"), max_length=255)
     event_version = models.PositiveIntegerField(_("schema version"), default=1)
     tenant_id = models.UUIDField(_("tenant id"), null=True, blank=True)
-    actor_id = models.CharField(_("actor id"), max_length=255, null=True, blank=True)
+    # NULL, not "", mirrors DomainEvent.actor_id = None ("no actor" differs from an empty id).
+    actor_id = models.CharField(  # noqa: DJ001
+        _("actor id"), max_length=255, null=True, blank=True
+    )
     correlation_id = models.UUIDField(_("correlation id"))
     causation_id = models.UUIDField(_("causation id"), null=True, blank=True)
     occurred_at = models.DateTimeField(_("occurred at"))
@@ -46,7 +49,10 @@ class EventRecord(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"#{self.position} {self.event_type} {self.aggregate_type}:{self.aggregate_id} v{self.aggregate_version}"
+        return (
+            f"#{self.position} {self.event_type} "
+            f"{self.aggregate_type}:{self.aggregate_id} v{self.aggregate_version}"
+        )
 
     @property
     def stream_id(self) -> str:
@@ -68,7 +74,10 @@ class Checkpoint(models.Model):
         max_length=255,
         blank=True,
         default="",
-        help_text=_("Runner currently processing this projection (SQLite and other non-PostgreSQL backends)."),
+        help_text=_(
+            "Runner currently processing this projection "
+            "(SQLite and other non-PostgreSQL backends)."
+        ),
     )
     lease_expires_at = models.DateTimeField(_("lease expires at"), null=True, blank=True)
 
@@ -98,7 +107,9 @@ class DeadLetter(models.Model):
     error_message = models.TextField(_("error message"), blank=True, default="")
     error_stacktrace = models.TextField(_("stack trace"), blank=True, default="")
     retry_count = models.PositiveIntegerField(_("attempts"), default=0)
-    status = models.CharField(_("status"), max_length=16, choices=Status.choices, default=Status.FAILED)
+    status = models.CharField(
+        _("status"), max_length=16, choices=Status.choices, default=Status.FAILED
+    )
     first_failed_at = models.DateTimeField(_("first failed at"), db_default=Now())
     last_failed_at = models.DateTimeField(_("last failed at"), db_default=Now())
     resolved_at = models.DateTimeField(_("resolved at"), null=True, blank=True)

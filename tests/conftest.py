@@ -38,7 +38,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if redis_up is None:
                 redis_up = _redis_reachable()
             if not redis_up and not REQUIRE_SERVICES:
-                item.add_marker(pytest.mark.skip(reason=f"Redis not reachable at {settings.REDIS_URL}"))
+                reason = f"Redis not reachable at {settings.REDIS_URL}"
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture
@@ -53,7 +54,7 @@ def redis_url() -> str:
 
 @pytest.fixture(autouse=True)
 def _isolated_event_context() -> Iterator[None]:
-    from django_eventsource.context import _current, EventContext
+    from django_eventsource.context import EventContext, _current
 
     token = _current.set(EventContext())
     yield

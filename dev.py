@@ -80,10 +80,12 @@ def test(args: list[str]) -> None:
         sys.exit(f"PostgreSQL is required but not reachable on {pg_host}:{pg_port}")
     else:
         print(f"PostgreSQL not reachable on {pg_host}:{pg_port}: its tests are skipped", flush=True)
+    # Two workers by default: the suite waits on databases, Redis and subprocesses a lot.
+    parallel = [] if any(a == "-n" or a.startswith("-n") for a in args) else ["-n", "2"]
     for backend in backends:
         print(f"\n=== test suite on {backend} ===", flush=True)
         env = {**os.environ, "EVENTSOURCE_TEST_DB": backend}
-        run(PYTHON, "-m", "pytest", *args, env=env)
+        run(PYTHON, "-m", "pytest", *parallel, *args, env=env)
 
 
 def check(args: list[str]) -> None:

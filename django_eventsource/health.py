@@ -19,6 +19,13 @@ from .conf import conf
 
 @dataclass
 class ProjectionHealth:
+    """Where one projection stands: its checkpoint, how far behind it is, its dead letters.
+
+    ``lag_events`` counts global positions between the checkpoint and the newest event;
+    ``lag_seconds`` is the age of the oldest event the projection has not processed yet
+    (0 when it is caught up). ``dead_letters`` counts its entries in status "failed".
+    """
+
     name: str
     position: int
     lag_events: int
@@ -29,6 +36,14 @@ class ProjectionHealth:
 
 @dataclass
 class HealthReport:
+    """Everything ``get_health()`` measured; ``as_dict()`` is the health view's JSON body.
+
+    ``problems`` lists, in words, every threshold that is crossed; ``healthy`` is true
+    when there is none. ``readers_held_back`` lists the database sessions whose open
+    transactions keep catch-up readers below ``global_position`` (PostgreSQL only) and
+    ``readers_held_back_seconds`` is how long the oldest of them has been open.
+    """
+
     healthy: bool
     checked_at: datetime
     global_position: int
@@ -40,15 +55,18 @@ class HealthReport:
     outbox_failed: int = 0
     outbox_oldest_pending_seconds: float | None = None
     readers_held_back: list[dict[str, Any]] = field(default_factory=list)
+    readers_held_back_seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (datetimes still to encode) with ``status``: "ok"/"unhealthy"."""
         data = asdict(self)
         data["status"] = "ok" if self.healthy else "unhealthy"
         return data
 
 
 def _projection_names() -> list[str]:
+    """The names of the configured projections, without failing on a broken entry."""
     names: list[str] = []
     for path in conf.PROJECTIONS:
         try:
@@ -56,7 +74,13 @@ def _projection_names() -> list[str]:
         except ImportError:
             names.append(path.rsplit(".", 1)[-1])
             continue
-        declared = cls.__dict__.get("name")
+        declared = getattr(cls, "name", None)
+        if not isinstance(declared, str):
+            # ``name`` is usually a property: ask an instance.
+            try:
+                declared = cls().name
+            except Exception:
+                declared = None
         names.append(declared if isinstance(declared, str) else cls.__name__)
     return names
 
@@ -77,11 +101,12 @@ def get_health() -> HealthReport:
     checkpoints = {c.projection_name: c for c in Checkpoint.objects.all()}
     dead_by_projection = dict(
         DeadLetter.objects.filter(status=DeadLetter.Status.FAILED)
+        .order_by()
         .values_list("projection_name")
         .annotate(n=Count("id"))
         .values_list("projection_name", "n")
     )
-    names = list(dict.fromkeys([*_projection_names(), *checkpoints]))
+    names = list(dict.fromkeys([*_projection_names(), *checkpoints, *dead_by_projection]))
     for name in names:
         checkpoint = checkpoints.get(name)
         position = checkpoint.position if checkpoint else 0
@@ -113,7 +138,8 @@ def get_health() -> HealthReport:
             )
         if lag_seconds > conf.HEALTH_MAX_LAG_SECONDS:
             report.problems.append(
-                f"projection {name} is {lag_seconds:.0f}s behind (limit {conf.HEALTH_MAX_LAG_SECONDS}s)"
+                f"projection {name} is {lag_seconds:.0f}s behind "
+                f"(limit {conf.HEALTH_MAX_LAG_SECONDS}s)"
             )
 
     dlq = DeadLetter.objects.aggregate(
@@ -137,12 +163,11 @@ def get_health() -> HealthReport:
     if outbox["oldest"] is not None:
         report.outbox_oldest_pending_seconds = round((now - outbox["oldest"]).total_seconds(), 3)
 
-    blockers = getattr(store, "get_reader_blockers", None)
-    if blockers is not None:
-        for blocker in blockers():
-            report.readers_held_back.append(
-                asdict(blocker) if hasattr(blocker, "__dataclass_fields__") else dict(blocker)
-            )
+    for blocker in store.get_reader_blockers():
+        report.readers_held_back.append(asdict(blocker))
+        report.readers_held_back_seconds = max(
+            report.readers_held_back_seconds, round(blocker.duration_seconds, 3)
+        )
 
     report.healthy = not report.problems
     return report

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from uuid import uuid4
 
 import pytest
+from django.db import connection
 from django.test import Client, override_settings
 from django.urls import path
+from django.utils import timezone
 
 from django_eventsource import views
+from django_eventsource.health import get_health
 from django_eventsource.models import Checkpoint, DeadLetter, EventRecord, OutboxMessage
 
 urlpatterns = [path("health/", views.health)]
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.test_health")]
 
+SUMMARY = "tests.testapp.projections.AccountSummaryProjection"
 
-def _store_events(count: int) -> None:
+
+def _store_events(count: int) -> int:
+    """Store ``count`` events of one account; returns the highest position.
+
+    Positions come from a sequence that rolled-back tests have advanced, so tests
+    compute expected figures from the returned position, never from 1.
+    """
     aggregate_id = uuid4()
     EventRecord.objects.bulk_create(
         EventRecord(
@@ -31,19 +42,23 @@ def _store_events(count: int) -> None:
         )
         for version in range(1, count + 1)
     )
+    return int(EventRecord.objects.order_by("-position").values_list("position", flat=True)[0])
 
 
 @override_settings(EVENTSOURCE_PROJECTIONS=[])
 def test_health_is_ok_with_no_lag_and_no_dead_letters(client: Client) -> None:
-    _store_events(3)
-    top = EventRecord.objects.order_by("-position").values_list("position", flat=True)[0]
+    top = _store_events(3)
     Checkpoint.objects.create(projection_name="Balances", position=top)
 
     response = client.get("/health/")
 
     assert response.status_code == 200
+    assert response["Cache-Control"].startswith("max-age=0")
     body = response.json()
     assert body["status"] == "ok"
+    assert body["healthy"] is True
+    assert body["global_position"] == top
+    assert body["safe_high_water_mark"] == top
     assert body["projections"] == [
         {
             "name": "Balances",
@@ -54,14 +69,31 @@ def test_health_is_ok_with_no_lag_and_no_dead_letters(client: Client) -> None:
             "last_processed_at": None,
         }
     ]
+    assert body["dead_letters_failed"] == 0
     assert body["outbox_pending"] == 0
+    assert body["outbox_oldest_pending_seconds"] is None
+    assert body["readers_held_back"] == []
+    assert body["readers_held_back_seconds"] == 0.0
     assert body["problems"] == []
 
 
+@override_settings(EVENTSOURCE_PROJECTIONS=[SUMMARY])
+def test_a_configured_projection_without_a_checkpoint_lags_by_every_event(
+    client: Client,
+) -> None:
+    top = _store_events(2)
+
+    body = client.get("/health/").json()
+
+    assert [(p["name"], p["position"], p["lag_events"]) for p in body["projections"]] == [
+        ("AccountSummaryProjection", 0, top)
+    ]
+
+
 @override_settings(EVENTSOURCE_PROJECTIONS=[], EVENTSOURCE_HEALTH_MAX_LAG_EVENTS=2)
-def test_health_is_503_when_a_projection_lags_past_the_threshold(client: Client) -> None:
-    _store_events(5)
-    Checkpoint.objects.create(projection_name="Balances", position=0)
+def test_health_is_503_when_a_projection_lags_past_the_event_threshold(client: Client) -> None:
+    top = _store_events(5)
+    Checkpoint.objects.create(projection_name="Balances", position=top - 5)
 
     response = client.get("/health/")
 
@@ -70,7 +102,26 @@ def test_health_is_503_when_a_projection_lags_past_the_threshold(client: Client)
     assert body["status"] == "unhealthy"
     assert body["projections"][0]["lag_events"] == 5
     assert body["projections"][0]["lag_seconds"] > 0
-    assert "Balances is 5 events behind" in body["problems"][0]
+    assert body["problems"] == ["projection Balances is 5 events behind (limit 2)"]
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[], EVENTSOURCE_HEALTH_MAX_LAG_SECONDS=60)
+def test_health_is_503_when_the_oldest_unprocessed_event_is_older_than_the_threshold(
+    client: Client,
+) -> None:
+    top = _store_events(2)
+    EventRecord.objects.filter(position=top).update(
+        recorded_at=timezone.now() - timedelta(minutes=5)
+    )
+    Checkpoint.objects.create(projection_name="Balances", position=top - 1)
+
+    response = client.get("/health/")
+
+    assert response.status_code == 503
+    (projection,) = response.json()["projections"]
+    assert projection["lag_events"] == 1
+    assert projection["lag_seconds"] >= 300
+    assert "Balances is 300s behind" in response.json()["problems"][0]
 
 
 @override_settings(EVENTSOURCE_PROJECTIONS=[], EVENTSOURCE_HEALTH_MAX_DEAD_LETTERS=0)
@@ -90,7 +141,22 @@ def test_health_is_503_when_dead_letters_exceed_the_threshold(client: Client) ->
     assert response.status_code == 503
     body = response.json()
     assert body["dead_letters_failed"] == 1
+    assert body["projections"][0]["name"] == "Balances"
     assert body["projections"][0]["dead_letters"] == 1
+    assert body["problems"] == ["1 dead letter(s) (limit 0)"]
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[], EVENTSOURCE_HEALTH_MAX_DEAD_LETTERS=5)
+def test_dead_letters_below_the_threshold_keep_the_health_ok(client: Client) -> None:
+    for _ in range(3):
+        DeadLetter.objects.create(
+            event_id=uuid4(), projection_name="Balances", event_type="MoneyDeposited"
+        )
+
+    response = client.get("/health/")
+
+    assert response.status_code == 200
+    assert response.json()["projections"][0]["dead_letters"] == 3
 
 
 @override_settings(EVENTSOURCE_PROJECTIONS=[], EVENTSOURCE_HEALTH_MAX_DEAD_LETTERS=5)
@@ -103,13 +169,47 @@ def test_health_reports_the_outbox_backlog(client: Client) -> None:
             aggregate_type="Account",
             status=status,
         )
+    OutboxMessage.objects.filter(status="pending").update(
+        created_at=timezone.now() - timedelta(seconds=90)
+    )
 
     body = client.get("/health/").json()
 
     assert body["outbox_pending"] == 2
     assert body["outbox_failed"] == 1
-    assert body["outbox_oldest_pending_seconds"] >= 0
+    assert body["outbox_oldest_pending_seconds"] >= 90
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[], EVENTSOURCE_HEALTH_MAX_DEAD_LETTERS=0)
+def test_a_head_request_gets_the_health_status(client: Client) -> None:
+    DeadLetter.objects.create(
+        event_id=uuid4(), projection_name="Balances", event_type="MoneyDeposited"
+    )
+
+    assert client.head("/health/").status_code == 503
 
 
 def test_health_rejects_other_methods(client: Client) -> None:
     assert client.post("/health/").status_code == 405
+
+
+@pytest.mark.postgres
+@override_settings(EVENTSOURCE_PROJECTIONS=[])
+def test_health_names_the_transaction_holding_readers_back() -> None:
+    import psycopg
+
+    params = connection.get_connection_params()
+    for key in ("cursor_factory", "context", "prepare_threshold"):
+        params.pop(key, None)
+    with psycopg.connect(**params, application_name="stuck-writer") as writer:
+        writer.execute(f"LOCK TABLE {EventRecord._meta.db_table} IN ROW EXCLUSIVE MODE")
+
+        writer_pid = writer.info.backend_pid
+
+        report = get_health()
+
+        writer.rollback()
+    (blocker,) = report.readers_held_back
+    assert blocker["pid"] == writer_pid
+    assert blocker["application_name"] == "stuck-writer"
+    assert report.readers_held_back_seconds >= 0

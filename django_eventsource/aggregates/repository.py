@@ -10,6 +10,7 @@ from uuid import UUID
 
 from asgiref.sync import sync_to_async
 
+from .. import tracing
 from ..context import get_event_context
 from ..events.base import DomainEvent
 from ..exceptions import AggregateNotFoundError, InvalidEventError
@@ -79,15 +80,25 @@ class AggregateRepository(Generic[TAggregate]):
         read. A repository bound to a tenant does not find another tenant's aggregates.
         """
         agg_id = coerce_uuid(aggregate_id, "aggregate_id")
-        aggregate, from_version = self._from_snapshot(agg_id)
-        stream = self.event_store.get_events(agg_id, self.aggregate_type, from_version=from_version)
-        if stream.is_empty and from_version == 0:
-            raise AggregateNotFoundError(agg_id, self.aggregate_type)
-        if self.tenant_id is not None and any(
-            e.tenant_id != self.tenant_id for e in stream.events
-        ):
-            raise AggregateNotFoundError(agg_id, self.aggregate_type)
-        aggregate.load_from_history(stream.events)
+        attributes = {"aggregate_type": self.aggregate_type, "aggregate_id": agg_id}
+        with tracing.span(
+            "eventsource.load", attributes, expected=(AggregateNotFoundError,)
+        ) as current:
+            aggregate, from_version = self._from_snapshot(agg_id)
+            stream = self.event_store.get_events(
+                agg_id, self.aggregate_type, from_version=from_version
+            )
+            tracing.set_attributes(
+                current, events_read=len(stream.events), snapshot_used=from_version > 0
+            )
+            if stream.is_empty and from_version == 0:
+                raise AggregateNotFoundError(agg_id, self.aggregate_type)
+            if self.tenant_id is not None and any(
+                e.tenant_id != self.tenant_id for e in stream.events
+            ):
+                raise AggregateNotFoundError(agg_id, self.aggregate_type)
+            aggregate.load_from_history(stream.events)
+            tracing.set_attributes(current, version=aggregate.version)
         return aggregate
 
     def _from_snapshot(self, aggregate_id: UUID) -> tuple[TAggregate, int]:
@@ -169,25 +180,35 @@ class AggregateRepository(Generic[TAggregate]):
                 f"This repository stores {self.aggregate_type!r} aggregates, "
                 f"not {aggregate.aggregate_type!r}"
             )
-        events = [self._stamp(event) for event in pending]
-        expected_version = aggregate.version - len(events)
-        store = self.event_store
-        snapshot_store = self.snapshot_store
-        snapshot_due = snapshot_store is not None and self._snapshot_due(
-            expected_version, aggregate.version
-        )
-        # append_events is atomic by itself (events and outbox rows); an enclosing
-        # transaction is only needed when a snapshot must commit with them. Opening one
-        # anyway would make the append's own atomic block a savepoint: two more round trips.
-        with store.atomic() if snapshot_due else contextlib.nullcontext():
-            result = store.append_events(
-                aggregate.aggregate_id, self.aggregate_type, events, expected_version
+        attributes = {
+            "aggregate_type": self.aggregate_type,
+            "aggregate_id": aggregate.aggregate_id,
+            "event_count": len(pending),
+            "new_version": aggregate.version,
+        }
+        with tracing.span("eventsource.save", attributes):
+            # The save span's context goes into the events: their consumers join this trace.
+            trace_context = tracing.current_trace_context()
+            events = [self._stamp(event, trace_context) for event in pending]
+            expected_version = aggregate.version - len(events)
+            store = self.event_store
+            snapshot_store = self.snapshot_store
+            snapshot_due = snapshot_store is not None and self._snapshot_due(
+                expected_version, aggregate.version
             )
-            if snapshot_due and snapshot_store is not None:
-                self._save_snapshot(snapshot_store, aggregate, events[-1].tenant_id)
-            if self.event_publisher is not None:
-                publisher = self.event_publisher
-                store.on_commit(lambda: self._publish(publisher, events))
+            # append_events is atomic by itself (events and outbox rows); an enclosing
+            # transaction is only needed when a snapshot must commit with them. Opening
+            # one anyway would make the append's own atomic block a savepoint: two more
+            # round trips.
+            with store.atomic() if snapshot_due else contextlib.nullcontext():
+                result = store.append_events(
+                    aggregate.aggregate_id, self.aggregate_type, events, expected_version
+                )
+                if snapshot_due and snapshot_store is not None:
+                    self._save_snapshot(snapshot_store, aggregate, events[-1].tenant_id)
+                if self.event_publisher is not None:
+                    publisher = self.event_publisher
+                    store.on_commit(lambda: self._publish(publisher, events))
         aggregate.mark_events_as_committed()
         return result
 
@@ -222,9 +243,17 @@ class AggregateRepository(Generic[TAggregate]):
             )
         )
 
-    def _stamp(self, event: DomainEvent) -> DomainEvent:
-        """Fill tenant, actor, correlation and causation from the repository and context."""
+    def _stamp(
+        self, event: DomainEvent, trace_context: dict[str, str] | None = None
+    ) -> DomainEvent:
+        """Fill tenant, actor, correlation and causation from the repository and context.
+
+        ``trace_context`` (the saving span's W3C headers, empty when tracing is off) goes
+        into the metadata unless the event already carries one.
+        """
         updates: dict[str, Any] = {}
+        if trace_context and tracing.TRACE_CONTEXT_KEY not in event.metadata:
+            updates["metadata"] = {**event.metadata, tracing.TRACE_CONTEXT_KEY: dict(trace_context)}
         if self.tenant_id is not None:
             if event.tenant_id is None:
                 updates["tenant_id"] = self.tenant_id

@@ -26,7 +26,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -45,6 +45,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
+from .. import tracing
 from ..conf import conf
 from ..context import event_context
 from ..events.registry import default_registry
@@ -385,19 +386,32 @@ def _run_batch(projection: Projection, ctx: _Context) -> _BatchResult:
     with transaction.atomic(using=ctx.using):
         position = _locked_position(name, ctx.using)
         batch, read_error = _read_batch(ctx, position)
-        wanted = [stored for stored in batch if projection.is_interested_in(stored.event)]
-        handled, dead = len(wanted), 0
-        if not (projection.optimistic_batches and _apply_in_one_savepoint(projection, wanted, ctx)):
-            for stored in wanted:
-                failure = apply_with_retries(
-                    projection,
-                    stored.event,
-                    policy,
-                    attempt_scope=lambda: transaction.atomic(using=ctx.using),
-                )
-                if failure is not None:
-                    dead += 1
-                    _record_dead_letter(ctx, name, stored, failure.error, failure.attempts)
+        with _batch_span(name, position, batch) as current:
+            wanted = [stored for stored in batch if projection.is_interested_in(stored.event)]
+            handled, dead = len(wanted), 0
+            if not (
+                projection.optimistic_batches and _apply_in_one_savepoint(projection, wanted, ctx)
+            ):
+                for stored in wanted:
+                    failure = apply_with_retries(
+                        projection,
+                        stored.event,
+                        policy,
+                        attempt_scope=tracing.with_failure_spans(
+                            lambda: transaction.atomic(using=ctx.using),
+                            "eventsource.projection.handler_failed",
+                            {
+                                "projection": name,
+                                "event_id": stored.event_id,
+                                "event_type": stored.event_type,
+                                "position": stored.global_position,
+                            },
+                        ),
+                    )
+                    if failure is not None:
+                        dead += 1
+                        _record_dead_letter(ctx, name, stored, failure.error, failure.attempts)
+            tracing.set_attributes(current, handled=handled, dead_lettered=dead)
         count = len(batch)
         last = (
             (batch[-1].global_position, batch[-1].event_id, batch[-1].event_type) if batch else None
@@ -413,6 +427,19 @@ def _run_batch(projection: Projection, ctx: _Context) -> _BatchResult:
             return _BatchResult(0, 0, 0, position, position)
         ctx.checkpoints.update_checkpoint(name, last[1], last[2], last[0], handled)
     return _BatchResult(count, handled, dead, position, last[0])
+
+
+def _batch_span(name: str, position: int, batch: list[StoredEvent]) -> AbstractContextManager[Any]:
+    """The ``eventsource.projection.batch`` span; none for a poll that found nothing."""
+    if not batch:
+        return nullcontext()
+    attributes = {
+        "projection": name,
+        "batch_size": len(batch),
+        "from_position": position,
+        "to_position": batch[-1].global_position,
+    }
+    return tracing.span("eventsource.projection.batch", attributes)
 
 
 def _apply_in_one_savepoint(

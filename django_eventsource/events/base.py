@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Self
 from uuid import UUID, uuid4
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetPydanticSchema
+from pydantic_core import core_schema
 
 #: Fields stored in dedicated columns of the event table; everything else is the payload.
 ENVELOPE_FIELDS: frozenset[str] = frozenset(
@@ -31,6 +34,55 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _to_utc(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("occurred_at must be timezone-aware")
+    return value.astimezone(UTC)
+
+
+def _utc_datetime_schema(_source: Any, _handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+    # UTC input (every stored event) is accepted by pydantic-core without calling back
+    # into Python; other offsets are converted to UTC and naive values rejected.
+    return core_schema.union_schema(
+        [
+            core_schema.datetime_schema(tz_constraint=0),
+            core_schema.no_info_after_validator_function(_to_utc, core_schema.datetime_schema()),
+        ],
+        mode="left_to_right",
+    )
+
+
+#: A timezone-aware datetime, normalised to UTC.
+UtcDatetime = Annotated[datetime, GetPydanticSchema(_utc_datetime_schema)]
+
+
+class _EventTypeSchema(GetPydanticSchema):
+    """The ``event_type`` field of one class: a non-empty string, or its type name.
+
+    A given name is checked by pydantic-core alone; an empty or missing one becomes
+    ``name``.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+        def or_name(value: Any) -> Any:
+            return name if value is None or value == "" else value
+
+        def schema(_source: Any, _handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+            return core_schema.union_schema(
+                [
+                    core_schema.str_schema(min_length=1),
+                    core_schema.no_info_before_validator_function(
+                        or_name, core_schema.str_schema()
+                    ),
+                ],
+                mode="left_to_right",
+            )
+
+        super().__init__(get_pydantic_core_schema=schema)
+
+
 class DomainEvent(BaseModel):
     """Base class for every domain event: an immutable fact about one aggregate.
 
@@ -52,7 +104,7 @@ class DomainEvent(BaseModel):
     event_id: UUID = Field(default_factory=uuid4)
     event_type: str = ""
     event_version: int = Field(default=1, ge=1)
-    occurred_at: datetime = Field(default_factory=_utcnow)
+    occurred_at: UtcDatetime = Field(default_factory=_utcnow)
     aggregate_id: UUID
     aggregate_type: str
     aggregate_version: int = Field(default=1, ge=1)
@@ -62,29 +114,51 @@ class DomainEvent(BaseModel):
     causation_id: UUID | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
-    #: Cached type name, filled once per class by ``event_type_name()``.
+    #: The type name the class sets itself (``event_type: str = "..."``), if any.
+    _declared_type: ClassVar[str | None] = None
+    #: The name given by ``set_event_type_name()``, if any.
     _type_name: ClassVar[str | None] = None
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
+        if "event_type" in inspect.get_annotations(cls):
+            default = cls.__pydantic_fields__["event_type"].default
+            cls._declared_type = default if isinstance(default, str) and default else None
+        # A rename (``set_event_type_name``) applies to one class, not to its subclasses.
         cls._type_name = None
+        # The field default is the type name, so validating a stored event runs no
+        # Python code to fill it in.
+        cls._set_event_type_default(cls.event_type_name())
+
+    @classmethod
+    def _set_event_type_default(cls, name: str) -> None:
+        field = cls.__pydantic_fields__["event_type"]
+        installed = [m.name for m in field.metadata if isinstance(m, _EventTypeSchema)]
+        if field.default == name and installed == [name]:
+            return
+        field = copy.copy(field)
+        field.default = name
+        if field.annotation is str:
+            field.metadata = [
+                *(m for m in field.metadata if not isinstance(m, _EventTypeSchema)),
+                _EventTypeSchema(name),
+            ]
+        cls.__pydantic_fields__["event_type"] = field
+        if cls.__pydantic_complete__:
+            cls.model_rebuild(force=True)
+        # Otherwise (unresolved forward references) pydantic builds the schema from the
+        # fields, with this default, once the references resolve.
 
     @classmethod
     def event_type_name(cls) -> str:
         """The name this class is stored and registered under."""
-        name = cls._type_name
-        if name is None:
-            default = cls.model_fields["event_type"].default
-            name = default if cls.declares_event_type() else cls.__name__
-            cls._type_name = name
-        return name
+        return cls._type_name or cls._declared_type or cls.__name__
 
     @classmethod
     def declares_event_type(cls) -> bool:
         """Whether the class sets ``event_type`` itself (rather than using its name)."""
-        default = cls.model_fields["event_type"].default
-        return isinstance(default, str) and bool(default)
+        return cls._declared_type is not None
 
     @classmethod
     def set_event_type_name(cls, name: str) -> None:
@@ -95,26 +169,13 @@ class DomainEvent(BaseModel):
                 f"it cannot be renamed to {name!r}"
             )
         cls._type_name = name
+        cls._set_event_type_default(name)
 
     @classmethod
     def current_event_version(cls) -> int:
         """The schema version new events of this class are written with."""
         default = cls.model_fields["event_version"].default
         return int(default) if isinstance(default, int) else 1
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_event_type(cls, data: Any) -> Any:
-        if isinstance(data, dict) and not data.get("event_type"):
-            data = {**data, "event_type": cls.event_type_name()}
-        return data
-
-    @field_validator("occurred_at")
-    @classmethod
-    def _aware_utc(cls, value: datetime) -> datetime:
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise ValueError("occurred_at must be timezone-aware")
-        return value.astimezone(UTC)
 
     # -- derivation helpers -------------------------------------------------------------
 
@@ -166,5 +227,7 @@ class DomainEvent(BaseModel):
         stream = f"{self.aggregate_type}:{self.aggregate_id}"
         return f"{self.event_type}({stream} v{self.aggregate_version})"
 
+
+DomainEvent._set_event_type_default(DomainEvent.__name__)
 
 __all__ = ["ENVELOPE_FIELDS", "DomainEvent"]

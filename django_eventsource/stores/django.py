@@ -25,6 +25,7 @@ from django.db.backends.utils import CursorWrapper
 from django.utils.dateparse import parse_datetime
 from pydantic import ValidationError
 
+from .. import tracing
 from ..conf import conf
 from ..events.base import DomainEvent
 from ..events.registry import EventRegistry, default_registry
@@ -189,9 +190,17 @@ class DjangoEventStore(EventStore):
         alias = self.db_for_write()
         if not event_list:
             return AppendResult.successful(self._stream_version(alias, agg_id, aggregate_type), 0)
+        attributes = {"aggregate_type": aggregate_type, "event_count": len(event_list)}
         try:
-            with transaction.atomic(using=alias):
-                return self._append(alias, agg_id, aggregate_type, event_list, expected_version)
+            with tracing.span("eventsource.append", attributes) as current:
+                with transaction.atomic(using=alias):
+                    result = self._append(
+                        alias, agg_id, aggregate_type, event_list, expected_version
+                    )
+                tracing.set_attributes(
+                    current, new_version=result.new_version, global_position=result.global_position
+                )
+                return result
         except IntegrityError:
             # A concurrent writer committed the same version or event id between our
             # read and our insert. Our savepoint is rolled back; decide from what won.
@@ -382,7 +391,7 @@ class DjangoEventStore(EventStore):
                 params,
             )
             rows = cursor.fetchall()
-        events = [self._event(row) for row in rows]
+        events = list(self._events(rows))
         version = events[-1].aggregate_version if events else from_version
         resolved_type = aggregate_type or (events[0].aggregate_type if events else "")
         return EventStream(agg_id, resolved_type, events, version)
@@ -552,8 +561,19 @@ class DjangoEventStore(EventStore):
             with q.read_cursor(conn) as cursor:
                 cursor.execute(sql, page_params)
                 rows = cursor.fetchall()
-            for row in rows:
-                yield self._stored(row, stream_ids)
+            for row, event in zip(rows, self._events(rows), strict=True):
+                stream_key = (row[5], row[6])
+                stream_id = stream_ids.get(stream_key)
+                if stream_id is None:
+                    stream_id = make_stream_id(event.aggregate_id, event.aggregate_type)
+                    stream_ids[stream_key] = stream_id
+                yield StoredEvent(
+                    event=event,
+                    stream_id=stream_id,
+                    stream_position=row[7],
+                    global_position=row[0],
+                    stored_at=_as_datetime(row[12]),
+                )
             if len(rows) < page_size:
                 return
             first = False
@@ -587,22 +607,48 @@ class DjangoEventStore(EventStore):
 
     # -- rebuilding events --------------------------------------------------------------
 
-    def _stored(self, row: Sequence[Any], stream_ids: dict[Any, str]) -> StoredEvent:
-        event = self._event(row)
-        key = (row[5], row[6])
-        stream_id = stream_ids.get(key)
-        if stream_id is None:
-            stream_id = stream_ids[key] = make_stream_id(event.aggregate_id, event.aggregate_type)
-        return StoredEvent(
-            event=event,
-            stream_id=stream_id,
-            stream_position=event.aggregate_version,
-            global_position=row[0],
-            stored_at=_as_datetime(row[12]),
-        )
+    def _events(self, rows: Sequence[Sequence[Any]]) -> Iterator[DomainEvent]:
+        """Rebuild the events of ``rows`` (of ``_READ_COLUMNS``), one at a time.
 
-    def _event(self, row: Sequence[Any]) -> DomainEvent:
-        """Rebuild one event from a row of ``_READ_COLUMNS``."""
+        Lazily, so that a caller handles every event before one that fails to rebuild.
+        """
+        registry = self.registry
+        # (event_type, event_version) -> the class's JSON validator, or None for rows
+        # that take the full path.
+        validators: dict[tuple[str, int], Callable[[str], Any] | None] = {}
+        for row in rows:
+            version_key = (row[2], row[3])
+            try:
+                validate = validators[version_key]
+            except KeyError:
+                validate = validators[version_key] = self._json_validator(registry, row)
+            if validate is None:
+                yield self._event_from_values(row, registry.get_or_none(row[2]))
+                continue
+            # SQLite returns every column as text: write them into one JSON document
+            # that pydantic-core parses and validates without building Python values
+            # first. A failure is retried on the full path, which explains it.
+            try:
+                event = validate(_document(row))
+            except ValidationError:
+                event = self._event_from_values(row, registry.get_or_none(row[2]))
+            yield event
+
+    def _json_validator(
+        self, registry: EventRegistry, row: Sequence[Any]
+    ) -> Callable[[str], Any] | None:
+        """``validate_json`` of the row's event class, if the row can use it."""
+        if type(row[1]) is not str:  # not SQLite text
+            return None
+        event_class = registry.get_or_none(row[2])
+        if event_class is None or row[3] < self._current_version(event_class):
+            return None
+        return event_class.__pydantic_validator__.validate_json
+
+    def _event_from_values(
+        self, row: Sequence[Any], event_class: type[DomainEvent] | None
+    ) -> DomainEvent:
+        """``_event`` from the row's values as the driver returns them."""
         payload = row[13]
         data: dict[str, Any] = (
             json.loads(payload) if isinstance(payload, str | bytes) else dict(payload)
@@ -620,7 +666,6 @@ class DjangoEventStore(EventStore):
             data["metadata"] = metadata
         event_type = row[2]
         registry = self.registry
-        event_class = registry.get_or_none(event_type)
         if event_class is None or row[3] < self._current_version(event_class):
             # Unknown types and old schema versions take the full path: a clear error
             # naming the registered types, or the upcaster chain.
@@ -740,6 +785,12 @@ class DjangoEventStore(EventStore):
                     blocker.state,
                     blocker.application_name,
                     blocker.query,
+                    extra={
+                        "pid": blocker.pid,
+                        "duration_seconds": round(blocker.duration_seconds, 3),
+                        "state": blocker.state,
+                        "application_name": blocker.application_name,
+                    },
                 )
 
 
@@ -795,6 +846,8 @@ class _Sql:
             f"a.application_name, left(a.query, {_QUERY_PREVIEW}))), '[]'::json) "
             "FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
             "WHERE l.locktype = 'relation' AND l.relation = to_regclass(%s) "
+            # Relation oids repeat across databases (clones of one template).
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
             "AND l.mode = 'RowExclusiveLock' AND l.granted "
             "AND l.pid IS DISTINCT FROM pg_backend_pid())"
         )
@@ -834,6 +887,62 @@ def _uuid_hex(value: UUID) -> str:
 
 def _as_uuid(value: Any) -> UUID:
     return value if isinstance(value, UUID) else UUID(str(value))
+
+
+#: ``json.dumps`` of the event and aggregate type names seen in rows.
+_quoted_names: dict[str, str] = {}
+
+
+def _quoted(name: str) -> str:
+    quoted = _quoted_names.get(name)
+    if quoted is None:
+        quoted = json.dumps(name)
+        if len(_quoted_names) < 10_000:
+            _quoted_names[name] = quoted
+    return quoted
+
+
+def _document(row: Sequence[Any]) -> str:
+    """The JSON document of an event from a SQLite row of ``_READ_COLUMNS``.
+
+    Identifiers are 32-digit hex (which pydantic accepts), timestamps ISO text with an
+    offset, ``payload`` and ``metadata`` JSON objects as stored. Missing optional
+    fields take their defaults.
+    """
+    (
+        _,
+        event_id,
+        event_type,
+        event_version,
+        occurred_at,
+        aggregate_id,
+        aggregate_type,
+        aggregate_version,
+        tenant_id,
+        actor_id,
+        correlation_id,
+        causation_id,
+        _,
+        payload,
+        metadata,
+    ) = row
+    # The payload comes first: on a duplicate key the envelope's value wins, as it does
+    # when the row is read into a dict.
+    document = "{" if payload == "{}" else f"{payload[:-1]},"
+    document += (
+        f'"event_id":"{event_id}","event_type":{_quoted(event_type)},'
+        f'"event_version":{event_version},"occurred_at":"{occurred_at}",'
+        f'"aggregate_id":"{aggregate_id}","aggregate_type":{_quoted(aggregate_type)},'
+        f'"aggregate_version":{aggregate_version},"correlation_id":"{correlation_id}",'
+        f'"metadata":{metadata}'
+    )
+    if tenant_id is not None:
+        document += f',"tenant_id":"{tenant_id}"'
+    if causation_id is not None:
+        document += f',"causation_id":"{causation_id}"'
+    if actor_id is not None:
+        document += f',"actor_id":{json.dumps(actor_id)}'
+    return document + "}"
 
 
 def _as_datetime(value: Any) -> datetime:

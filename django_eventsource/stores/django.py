@@ -392,9 +392,7 @@ class DjangoEventStore(EventStore):
             )
             rows = cursor.fetchall()
         events = list(self._events(rows))
-        version = events[-1].aggregate_version if events else from_version
-        resolved_type = aggregate_type or (events[0].aggregate_type if events else "")
-        return EventStream(agg_id, resolved_type, events, version)
+        return EventStream.of(agg_id, aggregate_type, events, from_version)
 
     def get_events_by_type(
         self,

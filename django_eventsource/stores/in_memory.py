@@ -104,9 +104,7 @@ class InMemoryEventStore(EventStore):
             if s.stream_position > from_version
             and _in_window(s.event, from_timestamp, to_timestamp)
         ]
-        version = events[-1].aggregate_version if events else from_version
-        resolved_type = aggregate_type or (events[0].aggregate_type if events else "")
-        return EventStream(agg_id, resolved_type, events, version)
+        return EventStream.of(agg_id, aggregate_type, events, from_version)
 
     def get_events_by_type(
         self,

@@ -134,6 +134,19 @@ class EventStream:
     def latest_event(self) -> DomainEvent | None:
         return self.events[-1] if self.events else None
 
+    @classmethod
+    def of(
+        cls,
+        aggregate_id: UUID,
+        aggregate_type: str | None,
+        events: list[DomainEvent],
+        from_version: int = 0,
+    ) -> EventStream:
+        """The stream of ``events`` read after ``from_version`` (type from them if not given)."""
+        version = events[-1].aggregate_version if events else from_version
+        resolved_type = aggregate_type or (events[0].aggregate_type if events else "")
+        return cls(aggregate_id, resolved_type, events, version)
+
 
 @dataclass(frozen=True, slots=True)
 class AppendResult:

@@ -166,10 +166,13 @@ class OutboxMessage(models.Model):
         verbose_name_plural = _("outbox messages")
         ordering = ["id"]
         indexes = [
-            models.Index(fields=["status", "id"], name="es_outbox_status_id_idx"),
+            # Only pending rows are indexed for the relay's queries: marking a row
+            # published then touches no relay index, and a claim (which changes only
+            # unindexed columns) can be a heap-only update on PostgreSQL.
             models.Index(
-                fields=["aggregate_type", "aggregate_id", "aggregate_version"],
-                name="es_outbox_stream_idx",
+                fields=["id"],
+                name="es_outbox_pending_id_idx",
+                condition=models.Q(status="pending"),
             ),
             models.Index(fields=["status", "published_at"], name="es_outbox_published_idx"),
             # The relay's per-aggregate order check looks only at pending rows of a

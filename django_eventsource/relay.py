@@ -10,6 +10,9 @@ and the Celery task of the same name. Each batch goes through three short steps:
    jitter; after ``EVENTSOURCE_OUTBOX_MAX_ATTEMPTS`` the row becomes ``failed``, stays
    visible and can be put back with ``retry_failed``).
 
+After a full batch the relay marks it published and claims the next one in the same
+transaction (one commit instead of two); a relay that stops gives that claim back.
+
 A relay that dies between steps leaves its claim behind; another relay takes it over after
 ``EVENTSOURCE_OUTBOX_CLAIM_TIMEOUT`` seconds. Delivery is therefore at-least-once: a
 consumer must treat ``event_id`` as its idempotency key.
@@ -121,21 +124,28 @@ class OutboxRelay:
         self.batch_size = batch_size or conf.OUTBOX_BATCH_SIZE
         self.registry = registry or default_registry
         self.name = name or _relay_name()
+        #: The next batch, claimed together with marking a full batch published.
+        self._claimed_ahead: list[OutboxEntry] | None = None
 
     def run_batch(self, exclude_ids: set[int] | None = None) -> tuple[RelayReport, int]:
         """Claim, publish and settle one batch; returns the report and the rows claimed.
 
         Ids of rows whose attempt failed are added to ``exclude_ids`` when given, so a
-        single pass attempts each row at most once.
+        single pass attempts each row at most once. After a full batch the next one is
+        already claimed (and is what the next call publishes): call
+        ``release_claimed_ahead()`` when no call follows.
         """
         report = RelayReport()
-        entries = self.repository.claim_due(
-            self.name,
-            self.batch_size,
-            now=timezone.now(),
-            claim_timeout=float(conf.OUTBOX_CLAIM_TIMEOUT),
-            exclude_ids=exclude_ids or (),
-        )
+        if self._claimed_ahead is not None:
+            entries, self._claimed_ahead = self._claimed_ahead, None
+        else:
+            entries = self.repository.claim_due(
+                self.name,
+                self.batch_size,
+                now=timezone.now(),
+                claim_timeout=float(conf.OUTBOX_CLAIM_TIMEOUT),
+                exclude_ids=exclude_ids or (),
+            )
         if not entries:
             return report, 0
         sendable, failures, held = self._prepare(entries)
@@ -153,9 +163,20 @@ class OutboxRelay:
                     failures.extend(self._failure(entry, _describe(exc)) for entry in sendable)
                     sendable = []
         now = timezone.now()
-        report.published = self.repository.mark_published_many(
-            [entry.id for entry in sendable], now=now
-        )
+        published_ids = [entry.id for entry in sendable]
+        if len(published_ids) == self.batch_size:
+            # A full batch went out: more rows are probably due, so the next batch is
+            # claimed in the same transaction that marks this one published.
+            report.published, self._claimed_ahead = self.repository.mark_published_and_claim(
+                published_ids,
+                self.name,
+                self.batch_size,
+                now=now,
+                claim_timeout=float(conf.OUTBOX_CLAIM_TIMEOUT),
+                exclude_ids=exclude_ids or (),
+            )
+        else:
+            report.published = self.repository.mark_published_many(published_ids, now=now)
         if report.published:
             logger.info(
                 "Outbox relay %s published %d rows",
@@ -173,6 +194,12 @@ class OutboxRelay:
             if exclude_ids is not None:
                 exclude_ids.update(f.id for f in failures)
         return report, len(entries)
+
+    def release_claimed_ahead(self) -> None:
+        """Give back a batch claimed ahead that will not be published (the loop stops)."""
+        if self._claimed_ahead:
+            self.repository.release([entry.id for entry in self._claimed_ahead])
+        self._claimed_ahead = None
 
     def _log_failures(
         self, entries: list[OutboxEntry], failures: list[OutboxFailure], max_attempts: int
@@ -295,22 +322,25 @@ def publish_outbox(
     total = RelayReport()
     attempted: set[int] | None = set() if once else None
     last_cleanup: datetime | None = None
-    while not stop.is_set():
-        if last_cleanup is None or timezone.now() - last_cleanup > timedelta(hours=1):
-            total.cleaned += _cleanup(relay.repository)
-            last_cleanup = timezone.now()
-        report, claimed = relay.run_batch(attempted)
-        total.add(report)
-        if claimed and progress is not None:
-            progress(total)
-        if once and claimed == 0:
-            break
-        if not once:
-            close_old_connections()
-            # A short batch means the backlog is drained; a batch that only failed
-            # means the bus is down. Either way, wait before polling again.
-            if claimed < relay.batch_size or report.published == 0:
-                stop.wait(float(conf.POLL_INTERVAL))
+    try:
+        while not stop.is_set():
+            if last_cleanup is None or timezone.now() - last_cleanup > timedelta(hours=1):
+                total.cleaned += _cleanup(relay.repository)
+                last_cleanup = timezone.now()
+            report, claimed = relay.run_batch(attempted)
+            total.add(report)
+            if claimed and progress is not None:
+                progress(total)
+            if once and claimed == 0:
+                break
+            if not once:
+                close_old_connections()
+                # A short batch means the backlog is drained; a batch that only failed
+                # means the bus is down. Either way, wait before polling again.
+                if claimed < relay.batch_size or report.published == 0:
+                    stop.wait(float(conf.POLL_INTERVAL))
+    finally:
+        relay.release_claimed_ahead()
     return total
 
 

@@ -147,6 +147,28 @@ class OutboxRepository(ABC):
     def mark_published_many(self, ids: Sequence[int], *, now: datetime) -> int:
         """Mark the given claimed rows published and release them; returns how many."""
 
+    def mark_published_and_claim(
+        self,
+        ids: Sequence[int],
+        claimer: str,
+        limit: int,
+        *,
+        now: datetime,
+        claim_timeout: float,
+        exclude_ids: Iterable[int] = (),
+    ) -> tuple[int, list[OutboxEntry]]:
+        """``mark_published_many(ids)`` then ``claim_due(…)``: how many rows were marked,
+        and the new claim.
+
+        The relay calls this between two full batches. Storage that can do both in one
+        transaction should, saving a commit per batch.
+        """
+        marked = self.mark_published_many(ids, now=now)
+        claimed = self.claim_due(
+            claimer, limit, now=now, claim_timeout=claim_timeout, exclude_ids=exclude_ids
+        )
+        return marked, claimed
+
     @abstractmethod
     def record_failures(self, failures: Sequence[OutboxFailure], *, max_attempts: int) -> int:
         """Count one failed attempt per row and release it; rows reaching
@@ -238,14 +260,44 @@ def _to_entry(row: Sequence[Any]) -> OutboxEntry:
     return OutboxEntry(*row)
 
 
+#: The partial index of pending rows by id (``OutboxMessage.Meta.indexes``).
+_PENDING_ID_INDEX = "es_outbox_pending_id_idx"
+
+#: What a claim reads back: every entry field but the three the claim itself sets.
+_CLAIM_FIELDS = tuple(
+    name for name in _ENTRY_FIELDS if name not in ("status", "claimed_by", "claimed_at")
+)
+_CLAIM_UUIDS = [_CLAIM_FIELDS.index(name) for name in ("event_id", "aggregate_id", "tenant_id")]
+_CLAIM_DATETIMES = [
+    _CLAIM_FIELDS.index(name) for name in ("created_at", "published_at", "next_attempt_at")
+]
+_CLAIM_DATA = _CLAIM_FIELDS.index("event_data")
+
+
+def _sqlite_converter(connection: Any) -> Any:
+    """Turn a raw SQLite row of ``_CLAIM_FIELDS`` into Python values, as the ORM would."""
+    ops = connection.ops
+
+    def convert(row: Sequence[Any]) -> list[Any]:
+        values = list(row)
+        for i in _CLAIM_UUIDS:
+            values[i] = ops.convert_uuidfield_value(values[i], None, connection)
+        for i in _CLAIM_DATETIMES:
+            values[i] = ops.convert_datetimefield_value(values[i], None, connection)
+        return values
+
+    return convert
+
+
 class DjangoOutboxRepository(OutboxRepository):
     """Outbox rows in the ``eventsource_outbox`` table (``OutboxMessage``).
 
     ``using`` names the database; by default the router's write database for
-    ``OutboxMessage``. Claims use ``SELECT … FOR UPDATE SKIP LOCKED`` where the database
-    supports it (PostgreSQL), so concurrent relays skip each other's rows instead of
-    waiting; every claim is also a compare-and-set on ``claimed_at``, which keeps SQLite
-    (whose writers are serialized anyway) and other backends correct.
+    ``OutboxMessage``. On PostgreSQL and SQLite (3.35+) a claim is one
+    ``UPDATE … RETURNING`` statement that picks, checks the per-aggregate order and
+    claims; on PostgreSQL the pick is ``FOR UPDATE SKIP LOCKED``, so concurrent relays
+    skip each other's rows instead of waiting, and SQLite runs one writing statement at a
+    time. Other backends select, then claim with a compare-and-set on ``claimed_at``.
     """
 
     def __init__(self, using: str | None = None) -> None:
@@ -335,13 +387,18 @@ class DjangoOutboxRepository(OutboxRepository):
         claim_timeout: float,
         exclude_ids: Iterable[int] = (),
     ) -> list[OutboxEntry]:
+        import sqlite3
+
         from django.db import connections
 
         stale_before = now - timedelta(seconds=claim_timeout)
         excluded = list(exclude_ids)
-        if connections[self.using].vendor == "postgresql":
-            # The order check is part of the claiming statement there.
-            return self._claim_postgresql(claimer, limit, now, stale_before, excluded)
+        connection = connections[self.using]
+        if connection.vendor == "postgresql" or (
+            connection.vendor == "sqlite" and sqlite3.sqlite_version_info >= (3, 35)
+        ):
+            # UPDATE … RETURNING: the order check is part of the claiming statement.
+            return self._claim_in_one_statement(claimer, limit, now, stale_before, excluded)
         claimed = self._claim_generic(claimer, limit, now, stale_before, excluded)
         if not claimed:
             return []
@@ -392,7 +449,7 @@ class DjangoOutboxRepository(OutboxRepository):
                 dropped.append(entry.id)
         return keep, dropped
 
-    def _claim_postgresql(
+    def _claim_in_one_statement(
         self,
         claimer: str,
         limit: int,
@@ -400,12 +457,14 @@ class DjangoOutboxRepository(OutboxRepository):
         stale_before: datetime,
         excluded: list[int],
     ) -> list[OutboxEntry]:
-        """One ``UPDATE … RETURNING`` over a ``FOR UPDATE SKIP LOCKED`` pick.
+        """Pick, order-check and claim in one ``UPDATE … RETURNING`` (PostgreSQL, SQLite).
 
-        A single statement is its own short transaction: concurrent relays skip the rows
-        another one is claiming instead of waiting for them. A row locked by another
-        relay is still visible as pending to this statement, so its successors are left
-        out (the ``behind`` step); the check errs on the side of waiting.
+        A single statement is its own short transaction. On PostgreSQL the pick is
+        ``FOR UPDATE SKIP LOCKED``: concurrent relays skip the rows another one is
+        claiming instead of waiting for them, and since a row locked by another relay is
+        still visible as pending, its successors are left out (the ``behind`` step; the
+        check errs on the side of waiting). SQLite runs one writing statement at a time,
+        so the statement sees every other claim either entirely or not at all.
         """
         import json
 
@@ -413,29 +472,50 @@ class DjangoOutboxRepository(OutboxRepository):
 
         from ..models import OutboxMessage
 
-        qn = connections[self.using].ops.quote_name
+        connection = connections[self.using]
+        postgresql = connection.vendor == "postgresql"
+        qn = connection.ops.quote_name
         table = qn(OutboxMessage._meta.db_table)
-        columns = ", ".join(f"o.{qn(name)}" for name in _ENTRY_FIELDS)
+        columns = ", ".join(qn(name) for name in _CLAIM_FIELDS)
+        if postgresql:
+            not_excluded = "NOT (id = ANY(%s))"
+            # OFFSET 0 keeps the pick a separate step: rows come in id order and the
+            # order check runs only until the batch is full, even when stale statistics
+            # make the planner expect few pending rows.
+            lock = "OFFSET 0 FOR UPDATE SKIP LOCKED"
+            # In an EXISTS, OFFSET 0 keeps the order checks per picked row (a probe of
+            # es_outbox_pending_stream_idx each) instead of a scan of every pending row.
+            per_row = "OFFSET 0"
+            pending_in_id_order = table
+            excluded_param: Any = excluded
+            params_now: list[Any] = [now, stale_before]
+        else:
+            not_excluded = "id NOT IN (SELECT value FROM json_each(%s))"
+            lock = per_row = ""
+            # Without statistics SQLite would fetch every pending row through the
+            # status column of es_outbox_published_idx and sort them all.
+            pending_in_id_order = f"{table} INDEXED BY {qn(_PENDING_ID_INDEX)}"
+            excluded_param = json.dumps(excluded)
+            params_now = [
+                connection.ops.adapt_datetimefield_value(now),
+                connection.ops.adapt_datetimefield_value(stale_before),
+            ]
         # Predecessors that certainly cannot be claimed now (backing off, or held by a
-        # live claim) rule their successors out here, so a backlog behind one stuck
-        # event does not fill every batch with rows that would only be given back.
-        # Identifiers come from the model; every value is a query parameter.
+        # live claim) rule their successors out of the pick, so a backlog behind one
+        # stuck event does not fill every batch with rows that would only be given
+        # back. Identifiers come from the model; every value is a query parameter.
         sql = f"""
-            WITH picked AS (
+            WITH picked AS MATERIALIZED (
                 SELECT c.id, c.aggregate_type, c.aggregate_id, c.aggregate_version
                 FROM (
-                    -- OFFSET 0 keeps this a separate step: rows come in id order and
-                    -- the order check below runs only until the batch is full, even
-                    -- when stale statistics make the planner expect few pending rows.
                     SELECT id, aggregate_type, aggregate_id, aggregate_version
-                    FROM {table}
+                    FROM {pending_in_id_order}
                     WHERE status = 'pending'
                       AND (next_attempt_at IS NULL OR next_attempt_at <= %s)
                       AND (claimed_at IS NULL OR claimed_at < %s)
-                      AND NOT (id = ANY(%s))
+                      AND {not_excluded}
                     ORDER BY id
-                    OFFSET 0
-                    FOR UPDATE SKIP LOCKED
+                    {lock}
                 ) AS c
                 WHERE NOT EXISTS (
                     SELECT 1 FROM {table} AS p
@@ -444,6 +524,7 @@ class DjangoOutboxRepository(OutboxRepository):
                       AND p.aggregate_id = c.aggregate_id
                       AND p.aggregate_version < c.aggregate_version
                       AND (p.next_attempt_at > %s OR p.claimed_at >= %s)
+                    {per_row}
                 )
                 LIMIT %s
             ),
@@ -458,23 +539,27 @@ class DjangoOutboxRepository(OutboxRepository):
                       AND p.aggregate_id = k.aggregate_id
                       AND p.aggregate_version < k.aggregate_version
                       AND p.id NOT IN (SELECT id FROM picked)
+                    {per_row}
                 )
             )
-            UPDATE {table} AS o SET claimed_by = %s, claimed_at = %s
-            WHERE o.id IN (SELECT id FROM picked EXCEPT SELECT id FROM behind)
+            UPDATE {table} SET claimed_by = %s, claimed_at = %s
+            WHERE id IN (SELECT id FROM picked EXCEPT SELECT id FROM behind)
             RETURNING {columns}
         """
-        params: list[Any] = [now, stale_before, excluded, now, stale_before, limit, claimer, now]
-        with connections[self.using].cursor() as cursor:
+        params = [*params_now, excluded_param, *params_now, limit, claimer, params_now[0]]
+        with connection.cursor() as cursor:
             cursor.execute(sql, params)
             rows = cursor.fetchall()
+        convert = None if postgresql else _sqlite_converter(connection)
         entries = []
         for row in sorted(rows, key=lambda r: r[0]):
-            values = list(row)
-            data = values[6]
-            if isinstance(data, str | bytes):
-                values[6] = json.loads(data)
-            entries.append(_to_entry(values))
+            values = list(row) if convert is None else convert(row)
+            if isinstance(values[_CLAIM_DATA], str | bytes):
+                values[_CLAIM_DATA] = json.loads(values[_CLAIM_DATA])
+            fields = dict(zip(_CLAIM_FIELDS, values, strict=True))
+            entries.append(
+                OutboxEntry(**fields, status=PENDING, claimed_by=claimer, claimed_at=now)
+            )
         return entries
 
     def _claim_generic(
@@ -542,6 +627,24 @@ class DjangoOutboxRepository(OutboxRepository):
                 next_attempt_at=None,
             )
         )
+
+    def mark_published_and_claim(
+        self,
+        ids: Sequence[int],
+        claimer: str,
+        limit: int,
+        *,
+        now: datetime,
+        claim_timeout: float,
+        exclude_ids: Iterable[int] = (),
+    ) -> tuple[int, list[OutboxEntry]]:
+        """Both steps in one short transaction: one commit instead of two."""
+        from django.db import transaction
+
+        with transaction.atomic(using=self.using):
+            return super().mark_published_and_claim(
+                ids, claimer, limit, now=now, claim_timeout=claim_timeout, exclude_ids=exclude_ids
+            )
 
     def record_failures(self, failures: Sequence[OutboxFailure], *, max_attempts: int) -> int:
         from django.db import transaction

@@ -309,3 +309,22 @@ def test_two_relays_at_once_publish_every_row_exactly_once() -> None:
             e.aggregate_version for e in bus.published if e.aggregate_id == history[0].aggregate_id
         ]
         assert versions == list(range(1, 11))
+
+
+@pytest.mark.django_db(transaction=True)  # the loop closes stale connections between passes
+def test_a_stopped_relay_gives_back_the_batch_it_claimed_ahead() -> None:
+    for _ in range(3):
+        _save(account_history(deposits=1))  # three aggregates, two events each
+    bus = RecordingBus()
+    stop = threading.Event()
+
+    # Stop as soon as the first batch is published: the relay has then already claimed
+    # the next batch (marking and claiming share one transaction).
+    report = publish_outbox(batch_size=2, bus=bus, stop_event=stop, progress=lambda _: stop.set())
+
+    assert report.published == 2
+    unpublished = OutboxMessage.objects.exclude(status=OutboxMessage.Status.PUBLISHED)
+    assert unpublished.count() == 4
+    assert not unpublished.exclude(claimed_by="").exists()
+    assert publish_outbox(once=True, bus=bus).published == 4  # at once, no claim timeout
+    assert len(bus.published) == 6

@@ -1,0 +1,117 @@
+"""Pieces the event-store admins share: the read-only mixin, JSON and text rendering,
+and the paginator that never counts a large table.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from django.core.exceptions import EmptyResultSet, PermissionDenied
+from django.core.paginator import Paginator
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connections
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.utils.functional import cached_property
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+if TYPE_CHECKING:
+    from django.db.models import Model
+
+    _PaginatorBase = Paginator[Any]
+else:
+    _PaginatorBase = Paginator
+
+
+def _pretty_json(value: Any) -> SafeString:
+    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, cls=DjangoJSONEncoder)
+    return format_html('<pre class="eventsource-json">{}</pre>', text)
+
+
+def _preformatted(text: str) -> SafeString:
+    return format_html('<pre class="eventsource-text">{}</pre>', text)
+
+
+class ReadOnlyAdminMixin:
+    """Every model field read-only, no add, no save: the change page is a detail page.
+
+    POSTs to the change form are refused: saving an unchanged form would still write every
+    column back and could overwrite what a runner or relay changed meanwhile.
+    """
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        model: type[Model] = self.model  # type: ignore[attr-defined]
+        declared = list(self.readonly_fields)  # type: ignore[attr-defined]
+        return [f.name for f in model._meta.concrete_fields] + declared
+
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        if request.method == "POST":
+            raise PermissionDenied
+        extra_context = {
+            **(extra_context or {}),
+            "show_save": False,
+            "show_save_and_continue": False,
+            "show_save_and_add_another": False,
+        }
+        return super().changeform_view(  # type: ignore[misc,no-any-return]
+            request, object_id, form_url, extra_context
+        )
+
+
+class EstimatedCountPaginator(_PaginatorBase):
+    """A paginator that never counts a large result exactly.
+
+    On PostgreSQL it first asks the planner how many rows the (filtered) query returns,
+    which costs no table access; when the estimate is above ``count_limit`` the estimate
+    is shown. Otherwise, and on other databases, it counts at most ``count_limit`` rows.
+    ``count_is_estimate`` and ``count_is_capped`` tell the template to say "about" or
+    "more than".
+    """
+
+    count_limit = 10_000
+    count_is_estimate = False
+    count_is_capped = False
+
+    @cached_property
+    def count(self) -> int:
+        queryset: QuerySet[Any] = self.object_list  # type: ignore[assignment]
+        estimate = _planner_row_estimate(queryset)
+        if estimate > self.count_limit:
+            self.count_is_estimate = True
+            return estimate
+        # Keeping the changelist's ORDER BY in the limited subquery lets PostgreSQL walk
+        # a (column, position) index and stop after count_limit entries.
+        counted = queryset[: self.count_limit + 1].count()
+        if counted > self.count_limit:
+            self.count_is_capped = True
+            return self.count_limit
+        return counted
+
+
+def _planner_row_estimate(queryset: QuerySet[Any]) -> int:
+    """PostgreSQL's estimate of the rows ``queryset`` returns; -1 on other databases."""
+    connection = connections[queryset.db]
+    if connection.vendor != "postgresql":
+        return -1
+    try:
+        sql, params = queryset.order_by().query.get_compiler(using=queryset.db).as_sql()
+    except EmptyResultSet:
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
+        row = cursor.fetchone()
+    if row is None:
+        return -1
+    plan = json.loads(row[0]) if isinstance(row[0], str) else row[0]
+    return int(plan[0]["Plan"]["Plan Rows"])

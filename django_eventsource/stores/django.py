@@ -155,14 +155,11 @@ class DjangoEventStore(EventStore):
     ) -> AppendResult:
         conn = connections[alias]
         with conn.cursor() as cursor:
-            current, existing, positions = self._read_stream_state(
-                conn, cursor, agg_id, aggregate_type, events
+            retried, _ = self._check_stream(
+                conn, cursor, agg_id, aggregate_type, events, expected_version
             )
-            if check_existing_ids(agg_id, aggregate_type, events, existing):
-                return AppendResult.successful(
-                    events[-1].aggregate_version, positions[events[-1].event_id]
-                )
-            check_versions(agg_id, events, expected_version, current)
+            if retried is not None:
+                return retried
             last_position = self._insert(conn, cursor, events)
         if self._outbox_enabled():
             OutboxMessage.objects.using(alias).bulk_create(
@@ -193,19 +190,40 @@ class DjangoEventStore(EventStore):
         """Turn a unique-constraint violation into the error a serialized writer would get."""
         conn = connections[alias]
         with conn.cursor() as cursor:
-            current, existing, positions = self._read_stream_state(
-                conn, cursor, agg_id, aggregate_type, events
+            retried, current = self._check_stream(
+                conn, cursor, agg_id, aggregate_type, events, expected_version
             )
-        if check_existing_ids(agg_id, aggregate_type, events, existing):
-            return AppendResult.successful(
-                events[-1].aggregate_version, positions[events[-1].event_id]
-            )
-        check_versions(agg_id, events, expected_version, current)
+        if retried is not None:
+            return retried
         if current >= events[0].aggregate_version:
             first = events[0].aggregate_version
             reported = expected_version if expected_version >= 0 else first - 1
             raise OptimisticLockError(agg_id, reported, current)
         return None  # not a conflict we know: let the IntegrityError surface
+
+    def _check_stream(
+        self,
+        conn: BaseDatabaseWrapper,
+        cursor: CursorWrapper,
+        agg_id: UUID,
+        aggregate_type: str,
+        events: list[DomainEvent],
+        expected_version: int,
+    ) -> tuple[AppendResult | None, int]:
+        """Decide an append from the stored state: ``(result, current version)``.
+
+        The result is set when every event is already stored (an idempotent retry);
+        otherwise the version checks pass or raise, and the caller may insert.
+        """
+        current, existing, positions = self._read_stream_state(
+            conn, cursor, agg_id, aggregate_type, events
+        )
+        if check_existing_ids(agg_id, aggregate_type, events, existing):
+            last = events[-1]
+            stored = AppendResult.successful(last.aggregate_version, positions[last.event_id])
+            return stored, current
+        check_versions(agg_id, events, expected_version, current)
+        return None, current
 
     def _read_stream_state(
         self,

@@ -11,7 +11,9 @@ and the Celery task of the same name. Each batch goes through three short steps:
    visible and can be put back with ``retry_failed``).
 
 After a full batch the relay marks it published and claims the next one in the same
-transaction (one commit instead of two); a relay that stops gives that claim back.
+transaction (one commit instead of two); a relay that stops gives that claim back. With a
+bus that publishes serialized events (Redis), the bus sends one batch while the relay
+marks the previous one and claims the next, so database and bus round trips overlap.
 
 A relay that dies between steps leaves its claim behind; another relay takes it over after
 ``EVENTSOURCE_OUTBOX_CLAIM_TIMEOUT`` seconds. Delivery is therefore at-least-once: a
@@ -20,6 +22,7 @@ consumer must treat ``event_id`` as its idempotency key.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import random
@@ -27,6 +30,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
@@ -108,7 +112,14 @@ def _describe(exc: BaseException) -> str:
 
 
 class OutboxRelay:
-    """One relay: a claim name, a bus and a repository. ``publish_outbox`` drives it."""
+    """One relay: a claim name, a bus and a repository. ``publish_outbox`` drives it.
+
+    With a bus that publishes serialized events (``SerializedEventPublisher``, such as
+    ``RedisEventBus``), the relay overlaps the two kinds of waiting: a worker thread
+    sends one batch to the bus while this thread marks the previous batch published
+    and claims the next one. The database connection stays on the calling thread; the
+    bus sees one call at a time. ``overlap=False`` turns this off.
+    """
 
     def __init__(
         self,
@@ -118,27 +129,34 @@ class OutboxRelay:
         batch_size: int | None = None,
         registry: EventRegistry | None = None,
         name: str | None = None,
+        overlap: bool | None = None,
     ) -> None:
         self.bus = bus
         self.repository = repository or DjangoOutboxRepository()
         self.batch_size = batch_size or conf.OUTBOX_BATCH_SIZE
         self.registry = registry or default_registry
         self.name = name or _relay_name()
-        #: The next batch, claimed together with marking a full batch published.
+        self.overlap = isinstance(bus, SerializedEventPublisher) if overlap is None else overlap
+        #: The next batch, claimed together with marking the previous one published.
         self._claimed_ahead: list[OutboxEntry] | None = None
+        #: Rows the bus has accepted that are not marked published yet (overlap only;
+        #: the next call marks them while the bus works on its own batch).
+        self._unmarked: list[int] = []
+        self._executor: ThreadPoolExecutor | None = None
 
     def run_batch(self, exclude_ids: set[int] | None = None) -> tuple[RelayReport, int]:
         """Claim, publish and settle one batch; returns the report and the rows claimed.
 
         Ids of rows whose attempt failed are added to ``exclude_ids`` when given, so a
         single pass attempts each row at most once. After a full batch the next one is
-        already claimed (and is what the next call publishes): call
-        ``release_claimed_ahead()`` when no call follows.
+        already claimed (and is what the next call publishes): call ``finish()`` when no
+        call follows.
         """
         report = RelayReport()
-        if self._claimed_ahead is not None:
-            entries, self._claimed_ahead = self._claimed_ahead, None
-        else:
+        # An empty claim ahead proves little when it ran while a batch was being sent:
+        # the successors of the rows in flight could not be claimed then.
+        entries, self._claimed_ahead = self._claimed_ahead or [], None
+        if not entries:
             entries = self.repository.claim_due(
                 self.name,
                 self.batch_size,
@@ -149,41 +167,32 @@ class OutboxRelay:
         if not entries:
             return report, 0
         sendable, failures, held = self._prepare(entries)
-        if sendable:
-            # Linked to the traces that saved the events (one batch, many traces).
-            with tracing.span(
-                "eventsource.outbox.publish",
-                {"event_count": len(sendable), "relay": self.name},
-                links=[entry.event_data.get("metadata") or {} for entry in sendable],
-            ) as current:
-                try:
-                    self._publish(sendable)
-                except Exception as exc:  # any bus failure is retried later
-                    tracing.record_exception(current, exc)
-                    failures.extend(self._failure(entry, _describe(exc)) for entry in sendable)
-                    sendable = []
-        now = timezone.now()
+        if self.overlap and sendable:
+            sending = self._worker().submit(contextvars.copy_context().run, self._send, sendable)
+            try:
+                # While the bus works: settle the previous batch and, after a full claim
+                # (more rows are probably due), claim the next one. The rows being sent
+                # are still claimed, so the new claim cannot overtake them.
+                previous, self._unmarked = self._unmarked, []
+                report.published += self._mark(
+                    previous, claim_next=len(entries) == self.batch_size, exclude=exclude_ids
+                )
+            finally:
+                error = sending.result()
+        else:
+            error = self._send(sendable) if sendable else None
+        if error is not None:
+            failures.extend(self._failure(entry, _describe(error)) for entry in sendable)
+            sendable = []
         published_ids = [entry.id for entry in sendable]
-        if len(published_ids) == self.batch_size:
+        if self.overlap and self._claimed_ahead:
+            self._unmarked = published_ids  # marked by the next call, which follows at once
+        else:
             # A full batch went out: more rows are probably due, so the next batch is
             # claimed in the same transaction that marks this one published.
-            report.published, self._claimed_ahead = self.repository.mark_published_and_claim(
-                published_ids,
-                self.name,
-                self.batch_size,
-                now=now,
-                claim_timeout=float(conf.OUTBOX_CLAIM_TIMEOUT),
-                exclude_ids=exclude_ids or (),
-            )
-        else:
-            report.published = self.repository.mark_published_many(published_ids, now=now)
-        if report.published:
-            logger.info(
-                "Outbox relay %s published %d rows",
-                self.name,
-                report.published,
-                extra={"relay": self.name, "count": report.published},
-            )
+            claim_next = not self.overlap and len(published_ids) == self.batch_size
+            ids, self._unmarked = [*self._unmarked, *published_ids], []
+            report.published += self._mark(ids, claim_next=claim_next, exclude=exclude_ids)
         if held:
             self.repository.release([entry.id for entry in held])
         if failures:
@@ -195,11 +204,66 @@ class OutboxRelay:
                 exclude_ids.update(f.id for f in failures)
         return report, len(entries)
 
-    def release_claimed_ahead(self) -> None:
-        """Give back a batch claimed ahead that will not be published (the loop stops)."""
-        if self._claimed_ahead:
-            self.repository.release([entry.id for entry in self._claimed_ahead])
-        self._claimed_ahead = None
+    def finish(self) -> int:
+        """Settle what a stopping relay holds; returns how many rows it marked published.
+
+        Rows the bus has accepted are marked published; a batch claimed ahead that will
+        not be published is given back at once, without waiting for the claim timeout.
+        """
+        try:
+            marked, self._unmarked = self._mark(self._unmarked, claim_next=False), []
+        finally:
+            if self._claimed_ahead:
+                self.repository.release([entry.id for entry in self._claimed_ahead])
+            self._claimed_ahead = None
+            if self._executor is not None:
+                self._executor.shutdown()
+                self._executor = None
+        return marked
+
+    def _worker(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="eventsource-relay")
+        return self._executor
+
+    def _send(self, entries: list[OutboxEntry]) -> Exception | None:
+        """Publish ``entries``; returns the bus's exception instead of raising it."""
+        # Linked to the traces that saved the events (one batch, many traces).
+        with tracing.span(
+            "eventsource.outbox.publish",
+            {"event_count": len(entries), "relay": self.name},
+            links=[entry.event_data.get("metadata") or {} for entry in entries],
+        ) as current:
+            try:
+                self._publish(entries)
+            except Exception as exc:  # any bus failure is retried later
+                tracing.record_exception(current, exc)
+                return exc
+        return None
+
+    def _mark(self, ids: list[int], *, claim_next: bool, exclude: set[int] | None = None) -> int:
+        """Mark ``ids`` published; with ``claim_next``, claim the next batch in the same
+        transaction (one commit instead of two)."""
+        now = timezone.now()
+        if claim_next:
+            marked, self._claimed_ahead = self.repository.mark_published_and_claim(
+                ids,
+                self.name,
+                self.batch_size,
+                now=now,
+                claim_timeout=float(conf.OUTBOX_CLAIM_TIMEOUT),
+                exclude_ids=exclude or (),
+            )
+        else:
+            marked = self.repository.mark_published_many(ids, now=now)
+        if marked:
+            logger.info(
+                "Outbox relay %s published %d rows",
+                self.name,
+                marked,
+                extra={"relay": self.name, "count": marked},
+            )
+        return marked
 
     def _log_failures(
         self, entries: list[OutboxEntry], failures: list[OutboxFailure], max_attempts: int
@@ -337,10 +401,11 @@ def publish_outbox(
                 close_old_connections()
                 # A short batch means the backlog is drained; a batch that only failed
                 # means the bus is down. Either way, wait before polling again.
-                if claimed < relay.batch_size or report.published == 0:
+                bus_failing = report.published == 0 and report.retried + report.failed > 0
+                if claimed < relay.batch_size or bus_failing:
                     stop.wait(float(conf.POLL_INTERVAL))
     finally:
-        relay.release_claimed_ahead()
+        total.published += relay.finish()
     return total
 
 

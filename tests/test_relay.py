@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from io import StringIO
 from typing import Any
@@ -328,3 +328,87 @@ def test_a_stopped_relay_gives_back_the_batch_it_claimed_ahead() -> None:
     assert not unpublished.exclude(claimed_by="").exists()
     assert publish_outbox(once=True, bus=bus).published == 4  # at once, no claim timeout
     assert len(bus.published) == 6
+
+
+class SerializedRecordingBus(RecordingBus):
+    """A bus with the serialized path, so the relay overlaps publishing and claiming.
+
+    ``fail_calls`` makes the given calls (counted from 1) raise.
+    """
+
+    def __init__(self, fail_calls: Sequence[int] = ()) -> None:
+        super().__init__()
+        self.payloads: list[dict[str, Any]] = []
+        self.threads: set[str] = set()
+        self.calls = 0
+        self.fail_calls = set(fail_calls)
+
+    def publish_serialized(self, events: Sequence[Mapping[str, Any]]) -> None:
+        self.calls += 1
+        self.threads.add(threading.current_thread().name)
+        if self.down or self.calls in self.fail_calls:
+            raise ConnectionError("bus unreachable")
+        self.payloads.extend(dict(event) for event in events)
+
+
+def _published_versions(bus: SerializedRecordingBus, aggregate_id: UUID) -> list[int]:
+    return [
+        p["aggregate_version"] for p in bus.payloads if p["aggregate_id"] == str(aggregate_id)
+    ]
+
+
+@pytest.mark.django_db
+def test_with_a_serialized_bus_batches_go_out_from_a_worker_thread_in_order() -> None:
+    histories = [account_history(deposits=4) for _ in range(4)]
+    for history in histories:
+        _save(history)
+    bus = SerializedRecordingBus()
+
+    report = publish_outbox(once=True, bus=bus, batch_size=3)
+
+    assert report.published == 20
+    assert _statuses() == {"published": 20}
+    assert not OutboxMessage.objects.exclude(claimed_by="").exists()
+    assert len({p["event_id"] for p in bus.payloads}) == len(bus.payloads) == 20
+    for history in histories:
+        assert _published_versions(bus, history[0].aggregate_id) == [1, 2, 3, 4, 5]
+    assert threading.current_thread().name not in bus.threads
+
+
+@pytest.mark.django_db
+@override_settings(EVENTSOURCE_OUTBOX_RETRY_BACKOFF=60, EVENTSOURCE_OUTBOX_RETRY_BACKOFF_MAX=60)
+def test_a_failed_batch_is_not_overtaken_by_a_batch_claimed_while_it_was_sent() -> None:
+    stuck, other = account_history(deposits=3), account_history(deposits=3)
+    _save(stuck)  # rows 1-4
+    _save(other)  # rows 5-8
+    bus = SerializedRecordingBus(fail_calls=[1])
+
+    # Batch 1 (stuck v1-3) fails; batch 2 is claimed while batch 1 is being sent, so it
+    # must leave out stuck v4, whose predecessors are still held.
+    report = publish_outbox(once=True, bus=bus, batch_size=3)
+
+    assert (report.published, report.retried) == (4, 3)
+    assert _published_versions(bus, stuck[0].aggregate_id) == []
+    assert _published_versions(bus, other[0].aggregate_id) == [1, 2, 3, 4]
+    pending = OutboxMessage.objects.filter(status="pending")
+    assert sorted(pending.values_list("aggregate_version", flat=True)) == [1, 2, 3, 4]
+    assert not OutboxMessage.objects.exclude(claimed_by="").exists()
+
+
+@pytest.mark.django_db(transaction=True)  # the loop closes stale connections between passes
+def test_a_stopped_overlapping_relay_marks_what_the_bus_accepted_and_gives_back_the_rest() -> None:
+    for _ in range(4):
+        _save(account_history(deposits=1))  # four aggregates, two events each
+    bus = SerializedRecordingBus()
+    stop = threading.Event()
+
+    # Stop after the first batch: the bus has accepted it and the next batch is claimed.
+    report = publish_outbox(batch_size=2, bus=bus, stop_event=stop, progress=lambda _: stop.set())
+
+    accepted = {p["event_id"] for p in bus.payloads}
+    published = OutboxMessage.objects.filter(status=OutboxMessage.Status.PUBLISHED)
+    assert report.published == len(accepted) == 2
+    assert {str(e) for e in published.values_list("event_id", flat=True)} == accepted
+    assert not OutboxMessage.objects.exclude(claimed_by="").exists()
+    assert publish_outbox(once=True, bus=bus).published == 6  # at once, no claim timeout
+    assert len(bus.payloads) == 8

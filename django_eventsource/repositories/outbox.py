@@ -14,6 +14,7 @@ while an earlier version of the same aggregate is still pending.
 
 from __future__ import annotations
 
+import json
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -26,6 +27,7 @@ from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from ..events.base import DomainEvent
+from ..stores._sql import fast_read_cursor
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
@@ -260,33 +262,42 @@ def _to_entry(row: Sequence[Any]) -> OutboxEntry:
     return OutboxEntry(*row)
 
 
+def _entry_id(entry: OutboxEntry) -> int:
+    return entry.id
+
+
 #: The partial index of pending rows by id (``OutboxMessage.Meta.indexes``).
 _PENDING_ID_INDEX = "es_outbox_pending_id_idx"
 
-#: What a claim reads back: every entry field but the three the claim itself sets.
-_CLAIM_FIELDS = tuple(
-    name for name in _ENTRY_FIELDS if name not in ("status", "claimed_by", "claimed_at")
-)
-_CLAIM_UUIDS = [_CLAIM_FIELDS.index(name) for name in ("event_id", "aggregate_id", "tenant_id")]
-_CLAIM_DATETIMES = [
-    _CLAIM_FIELDS.index(name) for name in ("created_at", "published_at", "next_attempt_at")
+_ENTRY_UUIDS = [_ENTRY_FIELDS.index(name) for name in ("event_id", "aggregate_id", "tenant_id")]
+_ENTRY_DATETIMES = [
+    _ENTRY_FIELDS.index(name)
+    for name in ("created_at", "published_at", "next_attempt_at", "claimed_at")
 ]
-_CLAIM_DATA = _CLAIM_FIELDS.index("event_data")
+_ENTRY_DATA = _ENTRY_FIELDS.index("event_data")
 
 
 def _sqlite_converter(connection: Any) -> Any:
-    """Turn a raw SQLite row of ``_CLAIM_FIELDS`` into Python values, as the ORM would."""
+    """Turn a raw SQLite row of ``_ENTRY_FIELDS`` into Python values, as the ORM would."""
     ops = connection.ops
 
     def convert(row: Sequence[Any]) -> list[Any]:
         values = list(row)
-        for i in _CLAIM_UUIDS:
+        for i in _ENTRY_UUIDS:
             values[i] = ops.convert_uuidfield_value(values[i], None, connection)
-        for i in _CLAIM_DATETIMES:
+        for i in _ENTRY_DATETIMES:
             values[i] = ops.convert_datetimefield_value(values[i], None, connection)
+        values[_ENTRY_DATA] = json.loads(values[_ENTRY_DATA])
         return values
 
     return convert
+
+
+def _id_list(connection: Any, ids: Iterable[int]) -> tuple[str, Any]:
+    """``id IN (…)`` as one query parameter: (condition, parameter)."""
+    if connection.vendor == "postgresql":
+        return "id = ANY(%s)", list(ids)
+    return "id IN (SELECT value FROM json_each(%s))", json.dumps(list(ids))
 
 
 class DjangoOutboxRepository(OutboxRepository):
@@ -466,8 +477,6 @@ class DjangoOutboxRepository(OutboxRepository):
         check errs on the side of waiting). SQLite runs one writing statement at a time,
         so the statement sees every other claim either entirely or not at all.
         """
-        import json
-
         from django.db import connections
 
         from ..models import OutboxMessage
@@ -476,9 +485,10 @@ class DjangoOutboxRepository(OutboxRepository):
         postgresql = connection.vendor == "postgresql"
         qn = connection.ops.quote_name
         table = qn(OutboxMessage._meta.db_table)
-        columns = ", ".join(qn(name) for name in _CLAIM_FIELDS)
+        columns = ", ".join(qn(name) for name in _ENTRY_FIELDS)
+        in_excluded, excluded_param = _id_list(connection, excluded)
+        not_excluded = f"NOT ({in_excluded})"
         if postgresql:
-            not_excluded = "NOT (id = ANY(%s))"
             # OFFSET 0 keeps the pick a separate step: rows come in id order and the
             # order check runs only until the batch is full, even when stale statistics
             # make the planner expect few pending rows.
@@ -487,15 +497,12 @@ class DjangoOutboxRepository(OutboxRepository):
             # es_outbox_pending_stream_idx each) instead of a scan of every pending row.
             per_row = "OFFSET 0"
             pending_in_id_order = table
-            excluded_param: Any = excluded
             params_now: list[Any] = [now, stale_before]
         else:
-            not_excluded = "id NOT IN (SELECT value FROM json_each(%s))"
             lock = per_row = ""
             # Without statistics SQLite would fetch every pending row through the
             # status column of es_outbox_published_idx and sort them all.
             pending_in_id_order = f"{table} INDEXED BY {qn(_PENDING_ID_INDEX)}"
-            excluded_param = json.dumps(excluded)
             params_now = [
                 connection.ops.adapt_datetimefield_value(now),
                 connection.ops.adapt_datetimefield_value(stale_before),
@@ -547,19 +554,20 @@ class DjangoOutboxRepository(OutboxRepository):
             RETURNING {columns}
         """
         params = [*params_now, excluded_param, *params_now, limit, claimer, params_now[0]]
-        with connection.cursor() as cursor:
+        with fast_read_cursor(connection) as cursor:
             cursor.execute(sql, params)
             rows = cursor.fetchall()
-        convert = None if postgresql else _sqlite_converter(connection)
-        entries = []
-        for row in sorted(rows, key=lambda r: r[0]):
-            values = list(row) if convert is None else convert(row)
-            if isinstance(values[_CLAIM_DATA], str | bytes):
-                values[_CLAIM_DATA] = json.loads(values[_CLAIM_DATA])
-            fields = dict(zip(_CLAIM_FIELDS, values, strict=True))
-            entries.append(
-                OutboxEntry(**fields, status=PENDING, claimed_by=claimer, claimed_at=now)
-            )
+        if postgresql:
+            # psycopg returns UUIDs and aware datetimes; Django reads jsonb as text.
+            entries = []
+            for row in rows:
+                values = list(row)
+                values[_ENTRY_DATA] = json.loads(values[_ENTRY_DATA])
+                entries.append(OutboxEntry(*values))
+        else:
+            convert = _sqlite_converter(connection)
+            entries = [OutboxEntry(*convert(row)) for row in rows]
+        entries.sort(key=_entry_id)
         return entries
 
     def _claim_generic(
@@ -610,23 +618,40 @@ class DjangoOutboxRepository(OutboxRepository):
             )
 
     def mark_published_many(self, ids: Sequence[int], *, now: datetime) -> int:
+        from django.db import connections
+
         from ..models import OutboxMessage
 
         if not ids:
             return 0
-        published = OutboxMessage.Status.PUBLISHED
-        return (
-            self._rows()
-            .filter(id__in=ids)
-            .exclude(status=published)
-            .update(
-                status=published,
-                published_at=now,
-                claimed_by="",
-                claimed_at=None,
-                next_attempt_at=None,
+        connection = connections[self.using]
+        if connection.vendor not in ("postgresql", "sqlite"):
+            published = OutboxMessage.Status.PUBLISHED
+            return (
+                self._rows()
+                .filter(id__in=ids)
+                .exclude(status=published)
+                .update(
+                    status=published,
+                    published_at=now,
+                    claimed_by="",
+                    claimed_at=None,
+                    next_attempt_at=None,
+                )
             )
+        # The id list travels as one parameter (an array, or JSON on SQLite): a batch
+        # of hundreds of ids as separate placeholders costs more to build and parse
+        # than the update itself.
+        in_ids, ids_param = _id_list(connection, ids)
+        table = connection.ops.quote_name(OutboxMessage._meta.db_table)
+        sql = (
+            f"UPDATE {table} SET status = 'published', published_at = %s, claimed_by = '', "
+            f"claimed_at = NULL, next_attempt_at = NULL "
+            f"WHERE {in_ids} AND status <> 'published'"
         )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [connection.ops.adapt_datetimefield_value(now), ids_param])
+            return int(cursor.rowcount)
 
     def mark_published_and_claim(
         self,

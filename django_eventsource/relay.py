@@ -44,6 +44,7 @@ from .conf import conf
 from .events.base import DomainEvent
 from .events.registry import EventRegistry, default_registry
 from .exceptions import EventBusError
+from .repositories._json import StoredEventData
 from .repositories.outbox import (
     DjangoOutboxRepository,
     OutboxEntry,
@@ -229,10 +230,11 @@ class OutboxRelay:
     def _send(self, entries: list[OutboxEntry]) -> Exception | None:
         """Publish ``entries``; returns the bus's exception instead of raising it."""
         # Linked to the traces that saved the events (one batch, many traces).
+        links = [_saved_metadata(entry) for entry in entries] if tracing.tracing_enabled() else []
         with tracing.span(
             "eventsource.outbox.publish",
             {"event_count": len(entries), "relay": self.name},
-            links=[entry.event_data.get("metadata") or {} for entry in entries],
+            links=links,
         ) as current:
             try:
                 self._publish(entries)
@@ -343,6 +345,18 @@ class OutboxRelay:
             self.registry.deserialize(dict(entry.event_data)) for entry in entries
         ]
         self.bus.publish(events)
+
+
+def _saved_metadata(entry: OutboxEntry) -> Mapping[str, Any]:
+    """The metadata of an entry's event, for linking to the trace that saved it.
+
+    Stored JSON without a trace context is not decoded only to find none.
+    """
+    data = entry.event_data
+    if isinstance(data, StoredEventData) and tracing.TRACE_CONTEXT_KEY not in data.text:
+        return {}
+    metadata = data.get("metadata")
+    return metadata if isinstance(metadata, Mapping) else {}
 
 
 def _cleanup(repository: OutboxRepository) -> int:

@@ -373,6 +373,8 @@ def test_with_a_serialized_bus_batches_go_out_from_a_worker_thread_in_order() ->
     for history in histories:
         assert _published_versions(bus, history[0].aggregate_id) == [1, 2, 3, 4, 5]
     assert threading.current_thread().name not in bus.threads
+    saved = {str(e.event_id): e.to_dict() for history in histories for e in history}
+    assert all(payload == saved[payload["event_id"]] for payload in bus.payloads)
 
 
 @pytest.mark.django_db

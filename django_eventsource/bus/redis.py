@@ -32,6 +32,7 @@ from .. import tracing
 from ..events.base import DomainEvent
 from ..events.registry import EventRegistry, default_registry
 from ..exceptions import EventBusError, RedisNotAvailableError
+from ..repositories._json import StoredEventData
 from .interface import EventBus, HandlerLike, event_type_key
 
 try:
@@ -156,14 +157,22 @@ def _call(handler: HandlerLike, event: DomainEvent) -> None:
 
 
 def serialize_fields(event_data: Mapping[str, Any]) -> dict[str, str]:
-    """The stream entry fields of one event given as its ``to_dict()``."""
+    """The stream entry fields of one event given as its ``to_dict()``.
+
+    Stored JSON (``StoredEventData``, what the outbox relay claims) is sent as it is,
+    with the envelope fields taken from their columns.
+    """
+    if isinstance(event_data, StoredEventData):
+        envelope, data = event_data.envelope, event_data.text
+    else:
+        envelope, data = event_data, json.dumps(event_data, separators=(",", ":"))
     return {
-        "event_id": str(event_data["event_id"]),
-        "event_type": str(event_data["event_type"]),
-        "aggregate_type": str(event_data.get("aggregate_type", "")),
-        "aggregate_id": str(event_data.get("aggregate_id", "")),
-        "aggregate_version": str(event_data.get("aggregate_version", "")),
-        "data": json.dumps(event_data, separators=(",", ":")),
+        "event_id": str(envelope["event_id"]),
+        "event_type": str(envelope["event_type"]),
+        "aggregate_type": str(envelope.get("aggregate_type", "")),
+        "aggregate_id": str(envelope.get("aggregate_id", "")),
+        "aggregate_version": str(envelope.get("aggregate_version", "")),
+        "data": data,
     }
 
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from datetime import date, datetime, time
 from decimal import Decimal
 from enum import Enum
@@ -76,4 +77,39 @@ def json_loads(data: str | bytes | bytearray) -> Any:
         raise SerializationError(f"Cannot decode event data from JSON: {exc}") from exc
 
 
-__all__ = ["EventSourceJSONEncoder", "json_dumps", "json_loads"]
+class StoredEventData(Mapping[str, Any]):
+    """An event's ``to_dict()`` as the JSON text a database returned, parsed on first read.
+
+    It reads like the dict it encodes. ``text`` is the JSON itself and ``envelope`` the
+    event's identifying fields (``event_id``, ``event_type``, ``aggregate_type``,
+    ``aggregate_id``, ``aggregate_version``) as stored in their own columns, so a
+    publisher can route the event and pass the JSON on without decoding and encoding it
+    again.
+    """
+
+    __slots__ = ("_parsed", "envelope", "text")
+
+    def __init__(self, text: str, envelope: Mapping[str, Any]) -> None:
+        self.text = text
+        self.envelope = envelope
+        self._parsed: dict[str, Any] | None = None
+
+    def _data(self) -> dict[str, Any]:
+        if self._parsed is None:
+            self._parsed = json_loads(self.text)
+        return self._parsed
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data())
+
+    def __len__(self) -> int:
+        return len(self._data())
+
+    def __repr__(self) -> str:
+        return f"StoredEventData({self.text!r})"
+
+
+__all__ = ["EventSourceJSONEncoder", "StoredEventData", "json_dumps", "json_loads"]

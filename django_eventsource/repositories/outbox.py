@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
@@ -27,7 +27,7 @@ from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from ..events.base import DomainEvent
-from ..stores._sql import fast_read_cursor
+from ._json import StoredEventData
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
@@ -45,7 +45,8 @@ FAILED: OutboxStatus = "failed"
 class OutboxEntry:
     """One outbox row as the relay and the admin see it.
 
-    ``event_data`` is the event's ``to_dict()``. The fields after ``last_error`` are the
+    ``event_data`` is the event's ``to_dict()`` (a ``dict``, or for a claimed row the
+    stored JSON, decoded when first read). The fields after ``last_error`` are the
     relay's bookkeeping: the event's version in its aggregate, when the next attempt is
     due, and which relay holds the row (and since when).
     """
@@ -56,7 +57,7 @@ class OutboxEntry:
     aggregate_id: UUID
     aggregate_type: str
     tenant_id: UUID | None
-    event_data: dict[str, Any]
+    event_data: Mapping[str, Any]
     created_at: datetime
     status: OutboxStatus
     published_at: datetime | None
@@ -275,6 +276,11 @@ _ENTRY_DATETIMES = [
     for name in ("created_at", "published_at", "next_attempt_at", "claimed_at")
 ]
 _ENTRY_DATA = _ENTRY_FIELDS.index("event_data")
+_ENTRY_EVENT_ID = _ENTRY_FIELDS.index("event_id")
+_ENTRY_EVENT_TYPE = _ENTRY_FIELDS.index("event_type")
+_ENTRY_AGGREGATE_TYPE = _ENTRY_FIELDS.index("aggregate_type")
+_ENTRY_AGGREGATE_ID = _ENTRY_FIELDS.index("aggregate_id")
+_ENTRY_AGGREGATE_VERSION = _ENTRY_FIELDS.index("aggregate_version")
 
 
 def _sqlite_converter(connection: Any) -> Any:
@@ -287,7 +293,6 @@ def _sqlite_converter(connection: Any) -> Any:
             values[i] = ops.convert_uuidfield_value(values[i], None, connection)
         for i in _ENTRY_DATETIMES:
             values[i] = ops.convert_datetimefield_value(values[i], None, connection)
-        values[_ENTRY_DATA] = json.loads(values[_ENTRY_DATA])
         return values
 
     return convert
@@ -480,6 +485,7 @@ class DjangoOutboxRepository(OutboxRepository):
         from django.db import connections
 
         from ..models import OutboxMessage
+        from ..stores._sql import fast_read_cursor
 
         connection = connections[self.using]
         postgresql = connection.vendor == "postgresql"
@@ -557,16 +563,24 @@ class DjangoOutboxRepository(OutboxRepository):
         with fast_read_cursor(connection) as cursor:
             cursor.execute(sql, params)
             rows = cursor.fetchall()
-        if postgresql:
-            # psycopg returns UUIDs and aware datetimes; Django reads jsonb as text.
-            entries = []
-            for row in rows:
-                values = list(row)
-                values[_ENTRY_DATA] = json.loads(values[_ENTRY_DATA])
-                entries.append(OutboxEntry(*values))
-        else:
-            convert = _sqlite_converter(connection)
-            entries = [OutboxEntry(*convert(row)) for row in rows]
+        # psycopg returns UUIDs and aware datetimes; SQLite needs Django's converters.
+        convert = None if postgresql else _sqlite_converter(connection)
+        entries = []
+        for row in rows:
+            values = list(row) if convert is None else convert(row)
+            # The JSON text (Django reads jsonb as text) is kept as it is: the relay
+            # passes it on to the bus without decoding and encoding it again.
+            values[_ENTRY_DATA] = StoredEventData(
+                values[_ENTRY_DATA],
+                {
+                    "event_id": str(values[_ENTRY_EVENT_ID]),
+                    "event_type": values[_ENTRY_EVENT_TYPE],
+                    "aggregate_type": values[_ENTRY_AGGREGATE_TYPE],
+                    "aggregate_id": str(values[_ENTRY_AGGREGATE_ID]),
+                    "aggregate_version": values[_ENTRY_AGGREGATE_VERSION],
+                },
+            )
+            entries.append(OutboxEntry(*values))
         entries.sort(key=_entry_id)
         return entries
 

@@ -354,14 +354,16 @@ def _locked_position(name: str, using: str) -> int:
     """The checkpoint position, with the row locked until the batch commits."""
     from ..models import Checkpoint
 
-    _ensure_checkpoint_row(name, using)
-    position = (
+    locked = (
         Checkpoint.objects.using(using)
         .select_for_update()
         .filter(projection_name=name)
         .values_list("position", flat=True)
-        .get()
     )
+    position = locked.first()
+    if position is None:  # the projection's first batch
+        _ensure_checkpoint_row(name, using)
+        position = locked.get()
     return int(position)
 
 
@@ -398,7 +400,7 @@ def _run_batch(projection: Projection, ctx: _Context) -> _BatchResult:
                         stored.event,
                         policy,
                         attempt_scope=tracing.with_failure_spans(
-                            lambda: transaction.atomic(using=ctx.using),
+                            lambda: EventSavepoint(ctx.using),
                             "eventsource.projection.handler_failed",
                             {
                                 "projection": name,
@@ -440,6 +442,66 @@ def _batch_span(name: str, position: int, batch: list[StoredEvent]) -> AbstractC
         "to_position": batch[-1].global_position,
     }
     return tracing.span("eventsource.projection.batch", attributes)
+
+
+class EventSavepoint:
+    """One event's savepoint, created only when its handler first touches the database.
+
+    Behaves like ``transaction.atomic(using=…)`` nested in the batch transaction: if
+    the block raises, the handler's writes and the ``on_commit`` callbacks it
+    registered are discarded, and the batch carries on. But the ``SAVEPOINT`` is sent
+    just before the handler's first query on that connection (through an execute
+    wrapper), so a handler that runs no query costs no round trip, and one that does
+    pays the same two as with ``atomic``.
+    """
+
+    def __init__(self, using: str) -> None:
+        self.connection = connections[using]
+        self.sid: str | None = None
+        self._creating = False
+        self._callbacks = 0
+        self._wrapper: AbstractContextManager[Any] = nullcontext()
+
+    def __call__(self, execute: Callable[..., Any], *args: Any) -> Any:
+        if self.sid is None and not self._creating:
+            self._creating = True  # the SAVEPOINT statement comes through here too
+            try:
+                self.sid = self.connection.savepoint()
+            finally:
+                self._creating = False
+        return execute(*args)
+
+    def __enter__(self) -> EventSavepoint:
+        connection = self.connection
+        if not connection.in_atomic_block:
+            raise transaction.TransactionManagementError(
+                "EventSavepoint must be used inside transaction.atomic()."
+            )
+        self._callbacks = len(connection.run_on_commit)
+        self._wrapper = connection.execute_wrapper(self)
+        self._wrapper.__enter__()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, traceback: Any) -> None:
+        self._wrapper.__exit__(None, None, None)
+        connection, sid = self.connection, self.sid
+        if connection.closed_in_transaction:
+            return  # the database rolls back by itself; the batch's atomic reports it
+        if exc_type is None and not connection.needs_rollback:
+            if sid is not None:
+                connection.savepoint_commit(sid)
+            return
+        # As an inner ``atomic`` does: roll back to the savepoint and release it.
+        # Without one the handler ran no query here, so there is nothing to undo.
+        connection.needs_rollback = False
+        del connection.run_on_commit[self._callbacks :]
+        if sid is None:
+            return
+        try:
+            connection.savepoint_rollback(sid)
+            connection.savepoint_commit(sid)
+        except Exception:
+            connection.needs_rollback = True
 
 
 def _apply_in_one_savepoint(
@@ -604,9 +666,6 @@ def _drain(
                 progress(f"{name}: position {result.to_position}/{target} ({percent:.0f}%)")
             else:
                 progress(f"{name}: {result.count} events, position {result.to_position}")
-        if connections[ctx.using].in_atomic_block:
-            continue
-        close_old_connections()
 
 
 def run_projections(

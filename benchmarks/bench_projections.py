@@ -8,16 +8,21 @@ Usage::
 
 Each backend runs in its own process on a fresh database (``BENCH_PG_NAME``, default
 ``eventsource_bench_projections``; ``BENCH_SQLITE_PATH``). The store holds ``--events``
-events (1,000 accounts). Rows measured, in events per second:
+events (1,000 accounts); the table is vacuumed (PostgreSQL) and read once before anything
+is timed. Rows measured, in events per second:
 
+* raw driver - the rows in keyset pages of 500 through psycopg 3 (its own loaders:
+  UUIDs, timestamps and JSON decoded) or ``sqlite3``, no pydantic, no Django: the
+  reference (median of 3, alternating with ``read_all``);
 * ``read_all`` - iterating ``DjangoEventStore.read_all()`` over every event (the events a
-  projection receives, deserialized): the reference the catch-up is compared with;
-* raw driver - the same rows in keyset pages through Django's cursor, no deserialization;
+  projection receives, deserialized);
 * catch-up, counting - ``run_projections(once=True)`` with a projection that counts events
-  in memory: batch transactions, checkpoint once per batch, a savepoint and an
-  ``event_context`` per event - the runner's own cost;
+  in memory: batch transactions, checkpoint once per batch, a per-event savepoint (sent
+  only if the handler queries, so none here) and an ``event_context`` per event - the
+  runner's own cost;
 * catch-up, one UPDATE per event - the same with a projection that updates a read-model
-  row per event (``tests.testapp.projections.TallyProjection``);
+  row per event (``tests.testapp.projections.TallyProjection``), so with a savepoint per
+  event;
 * the two catch-ups again with ``optimistic_batches = True`` (one savepoint per batch,
   per-event savepoints only after a failure).
 """
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -37,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._harness import Row, print_table, setup_django
 
 ACCOUNTS = 1_000
+READ_REPEAT = 3
 
 
 def populate(events: int) -> None:
@@ -59,26 +66,26 @@ def populate(events: int) -> None:
 
 
 def raw_read_seconds() -> tuple[int, float]:
-    from django.db import connection
+    """The rows in keyset pages of 500 through the bare driver (psycopg 3 or ``sqlite3``)."""
+    from benchmarks.bench_store import COLUMNS, Raw
 
+    raw = Raw(os.environ["BENCH_DB"])
+    ph = raw.ph
     start = time.perf_counter()
-    count = 0
-    with connection.cursor() as cursor:
-        last = 0
-        while True:
-            cursor.execute(
-                "SELECT position, event_id, event_type, event_version, occurred_at, aggregate_id,"
-                " aggregate_type, aggregate_version, tenant_id, actor_id, correlation_id,"
-                " causation_id, recorded_at, payload, metadata FROM eventsource_event"
-                " WHERE position > %s ORDER BY position LIMIT 500",
-                [last],
-            )
-            rows = cursor.fetchall()
-            if not rows:
-                break
-            count += len(rows)
-            last = rows[-1][0]
-    return count, time.perf_counter() - start
+    count = last = 0
+    while True:
+        rows = raw.conn.execute(
+            f"SELECT {COLUMNS} FROM eventsource_event WHERE position > {ph} "
+            f"ORDER BY position LIMIT 500",
+            (last,),
+        ).fetchall()
+        if not rows:
+            break
+        count += len(rows)
+        last = rows[-1][0]
+    elapsed = time.perf_counter() - start
+    raw.conn.close()
+    return count, elapsed
 
 
 def store_read_seconds() -> tuple[int, float]:
@@ -111,23 +118,27 @@ def run_backend(backend: str, events: int) -> None:
         "tally": "TallyProjection",
         "tally_optimistic": "OptimisticTallyProjection",
     }
+    settle(backend)
     rate: dict[str, float] = {}
-    for label, func in [("read_all", store_read_seconds), ("raw", raw_read_seconds)]:
-        count, seconds = func()
-        rate[label] = count / seconds
+    reads: dict[str, list[float]] = {"raw": [], "read_all": []}
+    for _ in range(READ_REPEAT):  # alternate, so a change in machine load hits both
+        for label, func in [("raw", raw_read_seconds), ("read_all", store_read_seconds)]:
+            count, seconds = func()
+            reads[label].append(count / seconds)
+    rate.update({label: statistics.median(samples) for label, samples in reads.items()})
     for label, name in projections.items():
         count, seconds = catch_up_seconds(f"tests.testapp.projections.{name}", name)
         rate[label] = count / seconds
-    reference = rate["read_all"]
+    reference = rate["raw"]
     rows = [
-        Row("raw driver SELECT (events/s)", rate["raw"], reference, "/s", "", True),
+        Row("read_all (deserialized events)", rate["read_all"], reference, "/s", "", True),
         Row("catch-up, counting", rate["counting"], reference, "/s", ">= 0.25x", True),
         Row(
             "catch-up, counting, optimistic_batches",
             rate["counting_optimistic"],
             reference,
             "/s",
-            ">= 0.25x",
+            "",
             True,
         ),
         Row("catch-up, 1 UPDATE/event", rate["tally"], reference, "/s", "", True),
@@ -140,7 +151,24 @@ def run_backend(backend: str, events: int) -> None:
             True,
         ),
     ]
-    print_table(f"Projection catch-up over {events} events, {backend} (reference: read_all)", rows)
+    print_table(
+        f"Projection catch-up over {events} events, {backend} (reference: raw driver SELECT)",
+        rows,
+    )
+
+
+def settle(backend: str) -> None:
+    """Bring the freshly written table to a steady state before anything is timed.
+
+    On PostgreSQL, ``VACUUM ANALYZE`` (what autovacuum would soon do) sets the hint bits
+    the first reader would otherwise write; a first full read warms the caches on both.
+    """
+    from django.db import connection
+
+    if backend == "postgres":
+        with connection.cursor() as cursor:
+            cursor.execute("VACUUM ANALYZE eventsource_event")
+    raw_read_seconds()
 
 
 def main() -> None:

@@ -10,11 +10,9 @@ commands and event handlers::
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from contextvars import ContextVar
-from dataclasses import dataclass, replace
-from typing import Any
+from contextlib import AbstractContextManager
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
 from uuid import UUID
 
 from .exceptions import InvalidEventError
@@ -51,31 +49,54 @@ def get_event_context() -> EventContext:
     return _current.get()
 
 
-@contextlib.contextmanager
 def event_context(
     actor_id: str | None = None,
     correlation_id: UUID | str | None = None,
     causation_id: UUID | str | None = None,
-) -> Iterator[EventContext]:
+) -> AbstractContextManager[EventContext]:
     """Stamp events saved inside the block with this actor, correlation and causation.
 
-    Values left as ``None`` are inherited from an enclosing context. Ids may be given as
-    UUID strings; anything else raises ``InvalidEventError``.
+    Values left as ``None`` are inherited from the context in force when the block is
+    entered. Ids may be given as UUID strings; anything else raises
+    ``InvalidEventError``.
     """
-    outer = _current.get()
-    changes: dict[str, Any] = {}
-    if actor_id is not None:
-        changes["actor_id"] = str(actor_id)
-    if correlation_id is not None:
-        changes["correlation_id"] = _as_uuid(correlation_id, "correlation_id")
-    if causation_id is not None:
-        changes["causation_id"] = _as_uuid(causation_id, "causation_id")
-    ctx = replace(outer, **changes)
-    token = _current.set(ctx)
-    try:
-        yield ctx
-    finally:
-        _current.reset(token)
+    return _Scope(
+        None if actor_id is None else str(actor_id),
+        None if correlation_id is None else _as_uuid(correlation_id, "correlation_id"),
+        None if causation_id is None else _as_uuid(causation_id, "causation_id"),
+    )
+
+
+class _Scope:
+    """What ``event_context`` returns: sets the context for the block, then restores it.
+
+    A small class rather than a generator-based context manager: the projection runner
+    enters one per event.
+    """
+
+    __slots__ = ("_token", "_values")
+
+    def __init__(
+        self, actor_id: str | None, correlation_id: UUID | None, causation_id: UUID | None
+    ) -> None:
+        self._values = (actor_id, correlation_id, causation_id)
+        self._token: Token[EventContext] | None = None
+
+    def __enter__(self) -> EventContext:
+        outer = _current.get()
+        actor_id, correlation_id, causation_id = self._values
+        context = EventContext(
+            actor_id=outer.actor_id if actor_id is None else actor_id,
+            correlation_id=outer.correlation_id if correlation_id is None else correlation_id,
+            causation_id=outer.causation_id if causation_id is None else causation_id,
+        )
+        self._token = _current.set(context)
+        return context
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            _current.reset(self._token)
+            self._token = None
 
 
 __all__ = ["EventContext", "event_context", "get_event_context"]

@@ -16,7 +16,7 @@ and configured, the API's tracer is a no-op and spans cost a few microseconds ea
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -208,21 +208,52 @@ def with_failure_spans(
     """
     if not tracing_enabled():
         return scope
-    attempts = 0
+    return _FailureSpans(scope, name, attributes)
 
-    @contextlib.contextmanager
-    def traced_scope() -> Iterator[None]:
-        nonlocal attempts
-        attempts += 1
+
+class _FailureSpans:
+    """``with_failure_spans``' factory: each call opens one attempt (class-based, since
+    the projection runner enters one per event)."""
+
+    __slots__ = ("_inner", "attempts", "attributes", "name", "scope")
+
+    def __init__(
+        self,
+        scope: Callable[[], contextlib.AbstractContextManager[Any]],
+        name: str,
+        attributes: Mapping[str, Any],
+    ) -> None:
+        self.scope = scope
+        self.name = name
+        self.attributes = attributes
+        self.attempts = 0
+        self._inner: contextlib.AbstractContextManager[Any] | None = None
+
+    def __call__(self) -> _FailureSpans:
+        self.attempts += 1
+        self._inner = self.scope()
+        return self
+
+    def __enter__(self) -> Any:
+        assert self._inner is not None
+        return self._inner.__enter__()
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, traceback: Any) -> bool:
+        assert self._inner is not None
+        inner, self._inner = self._inner, None
         try:
-            with scope():
-                yield
-        except Exception as exc:
-            with _ActiveSpan(name, {**attributes, "attempt": attempts}, None, ()) as current:
-                record_exception(current, exc)
+            suppressed = bool(inner.__exit__(exc_type, exc, traceback))
+        except Exception as raised:  # the scope itself failed on the way out
+            self._record(raised)
             raise
+        if isinstance(exc, Exception) and not suppressed:
+            self._record(exc)
+        return suppressed
 
-    return traced_scope
+    def _record(self, exc: BaseException) -> None:
+        attributes = {**self.attributes, "attempt": self.attempts}
+        with _ActiveSpan(self.name, attributes, None, ()) as current:
+            record_exception(current, exc)
 
 
 __all__ = [

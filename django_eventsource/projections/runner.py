@@ -460,7 +460,6 @@ class EventSavepoint:
         self.sid: str | None = None
         self._creating = False
         self._callbacks = 0
-        self._wrapper: AbstractContextManager[Any] = nullcontext()
 
     def __call__(self, execute: Callable[..., Any], *args: Any) -> Any:
         if self.sid is None and not self._creating:
@@ -478,13 +477,13 @@ class EventSavepoint:
                 "EventSavepoint must be used inside transaction.atomic()."
             )
         self._callbacks = len(connection.run_on_commit)
-        self._wrapper = connection.execute_wrapper(self)
-        self._wrapper.__enter__()
+        # What ``connection.execute_wrapper()`` does, without a generator per event.
+        connection.execute_wrappers.append(self)
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, traceback: Any) -> None:
-        self._wrapper.__exit__(None, None, None)
         connection, sid = self.connection, self.sid
+        connection.execute_wrappers.remove(self)
         if connection.closed_in_transaction:
             return  # the database rolls back by itself; the batch's atomic reports it
         if exc_type is None and not connection.needs_rollback:

@@ -11,7 +11,9 @@ runs reuse it until ``pyproject.toml`` changes.
 ``dev.py test`` runs the PostgreSQL and Redis tests when those servers answer (settings:
 ``EVENTSOURCE_TEST_PG_*``, ``EVENTSOURCE_TEST_REDIS_URL``). With
 ``EVENTSOURCE_REQUIRE_SERVICES=1`` (as in CI) a missing server is an error, not a skip.
-Extra arguments are passed to pytest: ``python3 dev.py test -k outbox -x``.
+On PostgreSQL the tests of the app's own SQL then run once more with Django's
+``server_side_binding`` and prepared statements. Extra arguments are passed to pytest
+(and skip that extra pass): ``python3 dev.py test -k outbox -x``.
 """
 
 from __future__ import annotations
@@ -68,6 +70,22 @@ def demo(args: list[str]) -> None:
     run(PYTHON, "manage.py", "demo", *args, env=env)
 
 
+#: Tests of the SQL the app sends itself (store, outbox, relay, projection runner).
+SERVER_SIDE_BINDING_TESTS = [
+    "tests/test_store_django.py",
+    "tests/test_store_concurrency.py",
+    "tests/test_store_differential.py",
+    "tests/test_repository_django.py",
+    "tests/test_snapshots.py",
+    "tests/test_outbox_repository.py",
+    "tests/test_relay.py",
+    "tests/test_relay_redis.py",
+    "tests/test_projections_runner.py",
+    "tests/test_event_savepoint.py",
+    "tests/test_admin.py",
+]
+
+
 def test(args: list[str]) -> None:
     ensure_venv()
     require = os.environ.get("EVENTSOURCE_REQUIRE_SERVICES") == "1"
@@ -86,6 +104,18 @@ def test(args: list[str]) -> None:
         print(f"\n=== test suite on {backend} ===", flush=True)
         env = {**os.environ, "EVENTSOURCE_TEST_DB": backend}
         run(PYTHON, "-m", "pytest", *parallel, *args, env=env)
+    if "postgres" in backends and not args:
+        # The SQL the app writes itself, again with Django's server-side binding and
+        # prepared statements (an opt-in of the PostgreSQL backend).
+        print("\n=== SQL tests on postgres, server-side binding ===", flush=True)
+        env = {
+            **os.environ,
+            "EVENTSOURCE_TEST_DB": "postgres",
+            "EVENTSOURCE_TEST_PG_SERVER_SIDE_BINDING": "1",
+            "EVENTSOURCE_TEST_DB_SUFFIX": os.environ.get("EVENTSOURCE_TEST_DB_SUFFIX", "")
+            + "_ssb",
+        }
+        run(PYTHON, "-m", "pytest", *parallel, *SERVER_SIDE_BINDING_TESTS, env=env)
 
 
 def check(args: list[str]) -> None:

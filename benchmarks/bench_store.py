@@ -9,6 +9,12 @@ Usage::
 Each backend runs in its own process on a fresh database (``BENCH_PG_NAME``, default
 ``eventsource_bench_store``; ``BENCH_SQLITE_PATH``). The reference column runs the same
 statements through psycopg 3 / ``sqlite3`` directly, without events, pydantic or Django.
+
+PostgreSQL runs twice: with Django's default connection (client-side parameter binding,
+no prepared statements) and with ``BENCH_PG_SERVER_SIDE_BINDING=1``, which sets Django's
+``OPTIONS = {"server_side_binding": True, "prepare_threshold": 5}``. The raw reference
+prepares its statements in the same cases as Django, so both sides do the same work on
+the server.
 """
 
 from __future__ import annotations
@@ -65,6 +71,13 @@ class Raw:
                 user=settings["USER"],
                 dbname=settings["NAME"],
                 autocommit=True,
+            )
+            # Prepare statements exactly when Django does: never by default, after
+            # ``prepare_threshold`` executions with server-side binding. Otherwise the
+            # comparison would measure a connection setting, not the library.
+            options = settings.get("OPTIONS", {})
+            self.conn.prepare_threshold = (
+                options.get("prepare_threshold") if options.get("server_side_binding") else None
             )
             self.ph = "%s"
         else:
@@ -362,7 +375,12 @@ def run(backend: str, show_plans: bool) -> None:
     from django.db import connection
 
     server = ".".join(str(part) for part in connection.get_database_version())
-    print_table(f"Event store on {connection.display_name} {server}", rows)
+    binding = (
+        ", server-side binding, prepared statements"
+        if connection.settings_dict.get("OPTIONS", {}).get("server_side_binding")
+        else ""
+    )
+    print_table(f"Event store on {connection.display_name} {server}{binding}", rows)
     if show_plans:
         explain(backend)
 
@@ -375,11 +393,16 @@ def main() -> None:
     if args.backend:
         run(args.backend, args.explain)
         return
-    for backend in ("postgres", "sqlite"):
+    runs = [
+        ("postgres", {}),
+        ("postgres", {"BENCH_PG_SERVER_SIDE_BINDING": "1"}),
+        ("sqlite", {}),
+    ]
+    for backend, env in runs:
         command = [sys.executable, __file__, "--backend", backend]
-        if args.explain:
+        if args.explain and not env:
             command.append("--explain")
-        subprocess.run(command, check=True)
+        subprocess.run(command, check=True, env={**os.environ, **env})
 
 
 if __name__ == "__main__":

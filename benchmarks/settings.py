@@ -51,6 +51,8 @@ if BENCH_DB == "postgres":
             "PORT": os.environ.get("BENCH_PG_PORT", "5432"),
         }
     }
+    if os.environ.get("BENCH_PG_SERVER_SIDE_BINDING") == "1":
+        DATABASES["default"]["OPTIONS"] = {"server_side_binding": True, "prepare_threshold": 5}
 else:
     DATABASES = {
         "default": {

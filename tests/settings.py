@@ -33,6 +33,9 @@ if DB_BACKEND == "postgres":
             "TEST": {"NAME": f"test_eventsource{_suffix}"},
         }
     }
+    if os.environ.get("EVENTSOURCE_TEST_PG_SERVER_SIDE_BINDING") == "1":
+        # Django's opt-in: server-side parameters, prepared after 5 executions.
+        DATABASES["default"]["OPTIONS"] = {"server_side_binding": True, "prepare_threshold": 5}
 else:
     _sqlite_dir = Path(tempfile.gettempdir()) / "django_eventsource_tests"
     _sqlite_dir.mkdir(exist_ok=True)

@@ -76,9 +76,8 @@ def test_a_block_that_runs_no_query_sends_no_savepoint() -> None:
 
 
 def test_it_refuses_to_run_outside_a_transaction() -> None:
-    with pytest.raises(transaction.TransactionManagementError):
-        with EventSavepoint("default"):
-            pass
+    with pytest.raises(transaction.TransactionManagementError), EventSavepoint("default"):
+        pass
 
 
 @override_settings(EVENTSOURCE_PROJECTIONS=[COUNTING])

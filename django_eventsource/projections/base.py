@@ -34,7 +34,7 @@ logger = logging.getLogger("django_eventsource")
 
 def run_to_completion(result: Any) -> Any:
     """Return ``result``, first awaiting it when a handler returned a coroutine."""
-    if inspect.isawaitable(result):
+    if result is not None and inspect.isawaitable(result):
 
         async def _await() -> Any:
             return await result

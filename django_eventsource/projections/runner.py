@@ -394,13 +394,17 @@ def _run_batch(projection: Projection, ctx: _Context) -> _BatchResult:
             if not (
                 projection.optimistic_batches and _apply_in_one_savepoint(projection, wanted, ctx)
             ):
+                savepoint = EventSavepoint(ctx.using)  # one object, entered once per attempt
+                traced = tracing.tracing_enabled()
+
+                def each_attempt() -> AbstractContextManager[Any]:
+                    return savepoint
+
                 for stored in wanted:
-                    failure = apply_with_retries(
-                        projection,
-                        stored.event,
-                        policy,
-                        attempt_scope=tracing.with_failure_spans(
-                            lambda: EventSavepoint(ctx.using),
+                    attempt_scope = each_attempt
+                    if traced:
+                        attempt_scope = tracing.with_failure_spans(
+                            attempt_scope,
                             "eventsource.projection.handler_failed",
                             {
                                 "projection": name,
@@ -408,7 +412,9 @@ def _run_batch(projection: Projection, ctx: _Context) -> _BatchResult:
                                 "event_type": stored.event_type,
                                 "position": stored.global_position,
                             },
-                        ),
+                        )
+                    failure = apply_with_retries(
+                        projection, stored.event, policy, attempt_scope=attempt_scope
                     )
                     if failure is not None:
                         dead += 1
@@ -476,6 +482,7 @@ class EventSavepoint:
             raise transaction.TransactionManagementError(
                 "EventSavepoint must be used inside transaction.atomic()."
             )
+        self.sid = None  # the object may be entered again, one block after the other
         self._callbacks = len(connection.run_on_commit)
         # What ``connection.execute_wrapper()`` does, without a generator per event.
         connection.execute_wrappers.append(self)

@@ -412,11 +412,13 @@ def publish_outbox(
             if once and claimed == 0:
                 break
             if not once:
-                close_old_connections()
                 # A short batch means the backlog is drained; a batch that only failed
-                # means the bus is down. Either way, wait before polling again.
+                # means the bus is down. Either way, wait before polling again, and
+                # drop an obsolete connection first (not between the batches of a
+                # backlog: with CONN_MAX_AGE = 0 that would reconnect for every batch).
                 bus_failing = report.published == 0 and report.retried + report.failed > 0
                 if claimed < relay.batch_size or bus_failing:
+                    close_old_connections()
                     stop.wait(float(conf.POLL_INTERVAL))
     finally:
         total.published += relay.finish()

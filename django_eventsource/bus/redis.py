@@ -220,18 +220,25 @@ class RedisEventBus(EventBus):
     @property
     def client(self) -> Redis[str]:
         """The redis-py client (created on first use; it reconnects by itself)."""
-        if self._client is None:
-            cfg = self.config
-            read_timeout = max(cfg.socket_timeout, cfg.block_ms / 1000 + 2)
-            self._client = redis_lib.Redis.from_url(
-                cfg.redis_url,
-                decode_responses=True,
-                socket_timeout=read_timeout,
-                socket_connect_timeout=cfg.socket_connect_timeout,
-                retry=Retry(FullJitterBackoff(cap=1.0, base=0.05), cfg.connection_retries),
-                health_check_interval=30,
-            )
-        return self._client
+        client = self._client
+        if client is None:
+            with self._lock:  # the consumer loop and a publisher may ask at once
+                client = self._client
+                if client is None:
+                    cfg = self.config
+                    read_timeout = max(cfg.socket_timeout, cfg.block_ms / 1000 + 2)
+                    # No PING health checks: a dead connection surfaces as a connection
+                    # error, which the retry policy and the consumer loop handle.
+                    client = self._client = redis_lib.Redis.from_url(
+                        cfg.redis_url,
+                        decode_responses=True,
+                        socket_timeout=read_timeout,
+                        socket_connect_timeout=cfg.socket_connect_timeout,
+                        retry=Retry(
+                            FullJitterBackoff(cap=1.0, base=0.05), cfg.connection_retries
+                        ),
+                    )
+        return client
 
     def ping(self) -> bool:
         """Whether Redis answers."""

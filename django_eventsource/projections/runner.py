@@ -893,6 +893,7 @@ def retry_dead_letters(
 
 __all__ = [
     "NOTIFY_CHANNEL",
+    "EventSavepoint",
     "ProjectionBusyError",
     "RetryReport",
     "RunSummary",

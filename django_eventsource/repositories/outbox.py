@@ -497,7 +497,13 @@ class DjangoOutboxRepository(OutboxRepository):
         postgresql = connection.vendor == "postgresql"
         qn = connection.ops.quote_name
         table = qn(OutboxMessage._meta.db_table)
-        columns = ", ".join(qn(name) for name in _ENTRY_FIELDS)
+        returned = [qn(name) for name in _ENTRY_FIELDS]
+        if not postgresql:
+            # As expressions the timestamps skip the Python converter Django registers
+            # with sqlite3 for the column type; ``_sqlite_converter`` parses them in C.
+            for i in _ENTRY_DATETIMES:
+                returned[i] = f"({returned[i]} || '')"
+        columns = ", ".join(returned)
         in_excluded, excluded_param = _id_list(connection, excluded)
         not_excluded = f"NOT ({in_excluded})"
         if postgresql:

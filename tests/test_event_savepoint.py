@@ -34,6 +34,18 @@ def test_a_failing_block_leaves_no_writes_and_the_transaction_goes_on() -> None:
     assert sorted(HandledEvent.objects.values_list("pk", flat=True)) == [kept.pk, after.pk]
 
 
+def test_a_handler_whose_first_query_opens_its_own_atomic_block_is_rolled_back_whole() -> None:
+    with transaction.atomic():
+        with pytest.raises(ValueError), EventSavepoint("default"):
+            with transaction.atomic():  # the lazy savepoint is created around this one
+                _row("dropped")
+            _row("dropped")
+            raise ValueError("boom")
+        after = _row("after")
+
+    assert list(HandledEvent.objects.values_list("pk", flat=True)) == [after.pk]
+
+
 def test_writes_of_a_successful_block_commit_with_the_transaction() -> None:
     with transaction.atomic():
         with EventSavepoint("default"):

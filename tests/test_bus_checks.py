@@ -103,6 +103,7 @@ def test_a_redis_url_with_another_scheme_is_e012() -> None:
     assert _ids(EVENT_BUS="redis", REDIS_URL="unix:///run/redis.sock") == []
 
 
+@pytest.mark.django_db  # manage.py check may ask the database about its features
 @override_settings(EVENTSOURCE_EVENT_BUS="redis", EVENTSOURCE_REDIS_URL="localhost:6379")
 def test_manage_py_check_fails_on_a_bad_redis_url() -> None:
     with pytest.raises(SystemCheckError, match="E012"):

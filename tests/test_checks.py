@@ -18,6 +18,10 @@ from django_eventsource.checks import (
     check_upcasters,
 )
 
+# ``manage.py check`` runs the model checks against every database since Django 6.1.3;
+# on SQLite the JSONField check then asks the database whether it supports JSON.
+pytestmark = pytest.mark.django_db
+
 
 def ids(messages: list[Any]) -> list[str]:
     return [message.id for message in messages]

@@ -67,22 +67,11 @@ def populate(events: int) -> None:
 
 def raw_read_seconds() -> tuple[int, float]:
     """The rows in keyset pages of 500 through the bare driver (psycopg 3 or ``sqlite3``)."""
-    from benchmarks.bench_store import COLUMNS, Raw
+    from benchmarks.bench_store import Raw
 
     raw = Raw(os.environ["BENCH_DB"])
-    ph = raw.ph
     start = time.perf_counter()
-    count = last = 0
-    while True:
-        rows = raw.conn.execute(
-            f"SELECT {COLUMNS} FROM eventsource_event WHERE position > {ph} "
-            f"ORDER BY position LIMIT 500",
-            (last,),
-        ).fetchall()
-        if not rows:
-            break
-        count += len(rows)
-        last = rows[-1][0]
+    count = raw.read_all(page_size=500)
     elapsed = time.perf_counter() - start
     raw.conn.close()
     return count, elapsed

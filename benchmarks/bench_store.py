@@ -151,18 +151,18 @@ class Raw:
         conn.execute("COMMIT")
         return int(position)
 
-    def read_all(self) -> int:
-        """Keyset pages of 1,000 rows over the whole table, as the store reads them."""
+    def read_all(self, page_size: int = 1000) -> int:
+        """Keyset pages of ``page_size`` rows over the whole table, as the store reads them."""
         ph = self.ph
         position, count = 0, 0
         while True:
             rows = self.conn.execute(
                 f"SELECT {COLUMNS} FROM eventsource_event WHERE position > {ph} "
-                f"ORDER BY position ASC LIMIT 1000",
+                f"ORDER BY position ASC LIMIT {int(page_size)}",
                 (position,),
             ).fetchall()
             count += len(rows)
-            if len(rows) < 1000:
+            if len(rows) < page_size:
                 return count
             position = rows[-1][0]
 

@@ -125,12 +125,6 @@ class _Sql:
             "AND l.pid IS DISTINCT FROM pg_backend_pid())"
         )
 
-    def read_cursor(
-        self, conn: BaseDatabaseWrapper
-    ) -> contextlib.AbstractContextManager[CursorWrapper]:
-        """A cursor for reading events, with the driver's fastest loaders."""
-        return fast_read_cursor(conn)
-
     @classmethod
     def get(cls, conn: BaseDatabaseWrapper) -> _Sql:
         key = (conn.alias, conn.vendor)

@@ -37,6 +37,7 @@ from ._sql import (
     _as_uuid,
     _document,
     _Sql,
+    fast_read_cursor,
 )
 from ._validation import check_existing_ids, check_versions, coerce_uuid, validate_append
 from .interface import (
@@ -336,7 +337,7 @@ class DjangoEventStore(EventStore):
         else:
             order = f"{q.c('position')}"
         self._time_filters(q, where, params, from_timestamp, to_timestamp)
-        with q.read_cursor(conn) as cursor:
+        with fast_read_cursor(conn) as cursor:
             cursor.execute(
                 f"SELECT {q.read_columns} FROM {q.table} WHERE {' AND '.join(where)} "
                 f"ORDER BY {order}",
@@ -508,7 +509,7 @@ class DjangoEventStore(EventStore):
                 + (" AND ".join(conditions) or "1 = 1")
                 + f" ORDER BY {column} {order} LIMIT {int(page_size)}"
             )
-            with q.read_cursor(conn) as cursor:
+            with fast_read_cursor(conn) as cursor:
                 cursor.execute(sql, page_params)
                 rows = cursor.fetchall()
             for row, event in zip(rows, self._events(rows), strict=True):

@@ -71,13 +71,13 @@ _EXPORTS: dict[str, str] = {
     "SnapshotData": "aggregates.snapshots",
     "InMemorySnapshotStore": "aggregates.snapshots",
     "DjangoSnapshotStore": "aggregates.snapshots",
-    "handles": "projections.decorators",
+    "handles": "events.handlers",
     # projections
     "Projection": "projections.base",
     "DeclarativeProjection": "projections.base",
     "CheckpointTrackingProjection": "projections.base",
     "RetryPolicy": "projections.base",
-    "EventSubscriber": "projections.protocols",
+    "EventSubscriber": "events.handlers",
     "ProjectionRegistry": "projections.coordinator",
     "ProjectionCoordinator": "projections.coordinator",
     # bus
@@ -108,7 +108,7 @@ _EXPORTS: dict[str, str] = {
     "InMemoryOutboxRepository": "repositories.outbox",
     "OutboxEntry": "repositories.outbox",
     "OutboxStats": "repositories.outbox",
-    "EventSourceJSONEncoder": "repositories._json",
+    "EventSourceJSONEncoder": "events.serialization",
 }
 
 __all__ = [
@@ -230,6 +230,7 @@ if TYPE_CHECKING:  # pragma: no cover - static imports for type checkers and IDE
     from .bus.redis import REDIS_AVAILABLE, RedisEventBus, RedisEventBusConfig, RedisEventBusStats
     from .context import EventContext, event_context, get_event_context
     from .events.base import DomainEvent
+    from .events.handlers import EventSubscriber, handles
     from .events.registry import (
         EventRegistry,
         default_registry,
@@ -239,6 +240,7 @@ if TYPE_CHECKING:  # pragma: no cover - static imports for type checkers and IDE
         list_registered_events,
         register_event,
     )
+    from .events.serialization import EventSourceJSONEncoder
     from .events.upcasting import upcaster
     from .exceptions import (
         AggregateNotFoundError,
@@ -266,9 +268,6 @@ if TYPE_CHECKING:  # pragma: no cover - static imports for type checkers and IDE
         RetryPolicy,
     )
     from .projections.coordinator import ProjectionCoordinator, ProjectionRegistry
-    from .projections.decorators import handles
-    from .projections.protocols import EventSubscriber
-    from .repositories._json import EventSourceJSONEncoder
     from .repositories.checkpoint import (
         CheckpointData,
         CheckpointRepository,

@@ -118,7 +118,7 @@ def check_numeric_settings(
     """E003: numeric settings must be in range; W001: an enabled outbox needs a bus."""
     messages: list[CheckMessage] = []
     for name in POSITIVE_INTEGER_SETTINGS:
-        value = getattr(conf, name)
+        value = conf.raw(name)
         if not _is_integer(value) or value < 1:
             messages.append(
                 Error(
@@ -128,7 +128,7 @@ def check_numeric_settings(
                 )
             )
     for name in NON_NEGATIVE_NUMBER_SETTINGS:
-        value = getattr(conf, name)
+        value = conf.raw(name)
         if not _is_number(value) or value < 0:
             messages.append(
                 Error(

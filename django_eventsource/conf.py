@@ -1,92 +1,132 @@
 """Every ``EVENTSOURCE_*`` setting with its default, read from Django settings on each access.
 
-Reading at call time (never at import time) keeps ``override_settings`` working.
+``conf.MAX_RETRIES`` reads ``settings.EVENTSOURCE_MAX_RETRIES`` (or the default) every time
+it is used, never at import time, so ``override_settings`` works. Each setting is a typed
+attribute of :class:`Settings`; numbers are converted to their type on the way out, and the
+system checks (``django_eventsource.E003``) report values that cannot be.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar, overload
 
 from django.conf import settings
 
-DEFAULTS: dict[str, Any] = {
-    # Dotted paths of the Projection classes run by run_projections.
-    "PROJECTIONS": [],
-    # None, "memory", "redis" or the dotted path of an EventBus subclass / factory.
-    "EVENT_BUS": None,
-    # Redis connection URL for the Redis Streams bus.
-    "REDIS_URL": "redis://127.0.0.1:6379/0",
-    # Prefix of the Redis stream names.
-    "REDIS_STREAM_PREFIX": "eventsource",
-    # Consumer group used by consume_events.
-    "REDIS_CONSUMER_GROUP": "django-eventsource",
-    # Approximate maximum length of each Redis stream (MAXLEN ~); None keeps everything.
-    "REDIS_MAX_STREAM_LENGTH": 100_000,
-    # Deliveries of one message before it goes to the dead-letter stream.
-    "REDIS_MAX_RETRIES": 5,
-    # Milliseconds a message may stay pending before another consumer claims it.
-    "REDIS_CLAIM_IDLE_MS": 60_000,
-    # Write one outbox row per event in the append transaction.
-    "OUTBOX_ENABLED": False,
-    # Rows claimed per publish_outbox batch.
-    "OUTBOX_BATCH_SIZE": 100,
-    # Publishing attempts before an outbox row is marked failed.
-    "OUTBOX_MAX_ATTEMPTS": 10,
-    # Seconds after which an unfinished claim on an outbox row is taken over.
-    "OUTBOX_CLAIM_TIMEOUT": 300.0,
-    # Published outbox rows older than this many days are deleted by publish_outbox.
-    "OUTBOX_RETENTION_DAYS": 7,
-    # Base delay in seconds of the outbox relay's backoff (full jitter) after a failed attempt.
-    "OUTBOX_RETRY_BACKOFF": 1.0,
-    # Upper bound in seconds of one outbox backoff delay.
-    "OUTBOX_RETRY_BACKOFF_MAX": 300.0,
-    # Dotted paths of EventSubscriber classes or handler functions run by consume_events.
-    "EVENT_HANDLERS": [],
-    # Events read per projection batch.
-    "PROJECTION_BATCH_SIZE": 500,
-    # Seconds a run_projections lease on a projection lasts (non-PostgreSQL databases);
-    # renewed before every batch, taken over by another runner once it expires.
-    "PROJECTION_LEASE_SECONDS": 30.0,
-    # Seconds between polls of the loops (run_projections, publish_outbox, consume_events).
-    "POLL_INTERVAL": 1.0,
-    # Attempts of a failing projection handler before the event is dead-lettered.
-    "MAX_RETRIES": 3,
-    # Base delay in seconds of the exponential backoff between attempts.
-    "RETRY_BACKOFF": 0.1,
-    # Upper bound in seconds of one backoff delay.
-    "RETRY_BACKOFF_MAX": 30.0,
-    # Emit OpenTelemetry spans; None means "when opentelemetry is importable".
-    "TRACING": None,
-    # Health view thresholds.
-    "HEALTH_MAX_LAG_EVENTS": 10_000,
-    "HEALTH_MAX_LAG_SECONDS": 300.0,
-    "HEALTH_MAX_DEAD_LETTERS": 0,
-    # Seconds readers may be held back by an open transaction before it is logged.
-    "HELD_BACK_WARNING_SECONDS": 60.0,
-    # Request header carrying the correlation id (EventMetadataMiddleware).
-    "CORRELATION_ID_HEADER": "X-Correlation-ID",
-}
+T = TypeVar("T")
+
+
+class Setting(Generic[T]):
+    """One ``EVENTSOURCE_<NAME>`` setting: its default and the type it is read as."""
+
+    def __init__(self, default: T, convert: Callable[[Any], T] | None = None) -> None:
+        self.default = default
+        self.convert = convert
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, objtype: type | None = None) -> Setting[T]: ...
+    @overload
+    def __get__(self, obj: object, objtype: type | None = None) -> T: ...
+    def __get__(self, obj: object | None, objtype: type | None = None) -> Setting[T] | T:
+        if obj is None:
+            return self
+        value = getattr(settings, f"EVENTSOURCE_{self.name}", self.default)
+        if self.convert is None or value is None:
+            return value
+        return self.convert(value)
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 class Settings:
-    """Attribute access to the settings: ``conf.MAX_RETRIES`` reads
-    ``settings.EVENTSOURCE_MAX_RETRIES``, or its default, at each access."""
+    """The app's settings, each read at access time (see the module docstring)."""
 
-    def __getattr__(self, name: str) -> Any:
-        if name not in DEFAULTS:
-            raise AttributeError(f"Unknown django_eventsource setting {name!r}")
-        return getattr(settings, f"EVENTSOURCE_{name}", DEFAULTS[name])
+    # Dotted paths of the Projection classes run by run_projections.
+    PROJECTIONS: Setting[list[str]] = Setting([])
+    # None, "memory", "redis" or the dotted path of an EventBus subclass / factory.
+    EVENT_BUS: Setting[str | None] = Setting(None)
+    # Redis connection URL for the Redis Streams bus.
+    REDIS_URL: Setting[str] = Setting("redis://127.0.0.1:6379/0")
+    # Prefix of the Redis stream names.
+    REDIS_STREAM_PREFIX: Setting[str] = Setting("eventsource")
+    # Consumer group used by consume_events.
+    REDIS_CONSUMER_GROUP: Setting[str] = Setting("django-eventsource")
+    # Approximate maximum length of each Redis stream (MAXLEN ~); None keeps everything.
+    REDIS_MAX_STREAM_LENGTH: Setting[int | None] = Setting(100_000, _optional_int)
+    # Deliveries of one message before it goes to the dead-letter stream.
+    REDIS_MAX_RETRIES: Setting[int] = Setting(5, int)
+    # Milliseconds a message may stay pending before another consumer claims it.
+    REDIS_CLAIM_IDLE_MS: Setting[int] = Setting(60_000, int)
+    # Write one outbox row per event in the append transaction.
+    OUTBOX_ENABLED: Setting[bool] = Setting(False, bool)
+    # Rows claimed per publish_outbox batch.
+    OUTBOX_BATCH_SIZE: Setting[int] = Setting(100, int)
+    # Publishing attempts before an outbox row is marked failed.
+    OUTBOX_MAX_ATTEMPTS: Setting[int] = Setting(10, int)
+    # Seconds after which an unfinished claim on an outbox row is taken over.
+    OUTBOX_CLAIM_TIMEOUT: Setting[float] = Setting(300.0, float)
+    # Published outbox rows older than this many days are deleted by publish_outbox.
+    OUTBOX_RETENTION_DAYS: Setting[int] = Setting(7, int)
+    # Base delay in seconds of the outbox relay's backoff (full jitter) after a failed attempt.
+    OUTBOX_RETRY_BACKOFF: Setting[float] = Setting(1.0, float)
+    # Upper bound in seconds of one outbox backoff delay.
+    OUTBOX_RETRY_BACKOFF_MAX: Setting[float] = Setting(300.0, float)
+    # Dotted paths of EventSubscriber classes or handler functions run by consume_events.
+    EVENT_HANDLERS: Setting[list[str]] = Setting([])
+    # Events read per projection batch.
+    PROJECTION_BATCH_SIZE: Setting[int] = Setting(500, int)
+    # Seconds a run_projections lease on a projection lasts (non-PostgreSQL databases);
+    # renewed before every batch, taken over by another runner once it expires.
+    PROJECTION_LEASE_SECONDS: Setting[float] = Setting(30.0, float)
+    # Seconds between polls of the loops (run_projections, publish_outbox, consume_events).
+    POLL_INTERVAL: Setting[float] = Setting(1.0, float)
+    # Attempts of a failing projection handler before the event is dead-lettered.
+    MAX_RETRIES: Setting[int] = Setting(3, int)
+    # Base delay in seconds of the exponential backoff between attempts.
+    RETRY_BACKOFF: Setting[float] = Setting(0.1, float)
+    # Upper bound in seconds of one backoff delay.
+    RETRY_BACKOFF_MAX: Setting[float] = Setting(30.0, float)
+    # Emit OpenTelemetry spans; None means "when opentelemetry is importable".
+    TRACING: Setting[bool | None] = Setting(None)
+    # Health view thresholds.
+    HEALTH_MAX_LAG_EVENTS: Setting[int] = Setting(10_000, int)
+    HEALTH_MAX_LAG_SECONDS: Setting[float] = Setting(300.0, float)
+    HEALTH_MAX_DEAD_LETTERS: Setting[int] = Setting(0, int)
+    # Seconds readers may be held back by an open transaction before it is logged.
+    HELD_BACK_WARNING_SECONDS: Setting[float] = Setting(60.0, float)
+    # Request header carrying the correlation id (EventMetadataMiddleware).
+    CORRELATION_ID_HEADER: Setting[str] = Setting("X-Correlation-ID")
+
+    def raw(self, name: str) -> Any:
+        """``EVENTSOURCE_<name>`` exactly as configured (or its default), unconverted."""
+        return getattr(settings, f"EVENTSOURCE_{name}", self.default(name))
 
     def default(self, name: str) -> Any:
         """The value used when ``EVENTSOURCE_<name>`` is not set."""
-        if name not in DEFAULTS:
+        setting = vars(Settings).get(name)
+        if not isinstance(setting, Setting):
             raise AttributeError(f"Unknown django_eventsource setting {name!r}")
-        return DEFAULTS[name]
+        return setting.default
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not settings.
+        raise AttributeError(f"Unknown django_eventsource setting {name!r}")
 
     def __dir__(self) -> list[str]:
         return sorted(DEFAULTS)
 
 
+#: Every setting's default, by name without the ``EVENTSOURCE_`` prefix.
+DEFAULTS: dict[str, Any] = {
+    name: value.default for name, value in vars(Settings).items() if isinstance(value, Setting)
+}
+
 conf = Settings()
 
-__all__ = ["DEFAULTS", "Settings", "conf"]
+__all__ = ["DEFAULTS", "Setting", "Settings", "conf"]

@@ -43,8 +43,8 @@ from .bus.interface import EventBus
 from .conf import conf
 from .events.base import DomainEvent
 from .events.registry import EventRegistry, default_registry
+from .events.serialization import StoredEventData
 from .exceptions import EventBusError
-from .repositories._json import StoredEventData
 from .repositories.outbox import (
     DjangoOutboxRepository,
     OutboxEntry,

@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel
 
 from django_eventsource import DomainEvent, EventSourceJSONEncoder, SerializationError
-from django_eventsource.repositories._json import json_dumps, json_loads
+from django_eventsource.events.serialization import json_dumps, json_loads
 
 
 class Priority(Enum):

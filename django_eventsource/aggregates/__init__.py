@@ -1,6 +1,6 @@
 """Aggregates: consistency boundaries rebuilt from their events, and their repository."""
 
-from ..projections.decorators import handles
+from ..events.handlers import handles
 from .base import AggregateRoot, DeclarativeAggregate
 from .repository import AggregateRepository
 from .snapshots import DjangoSnapshotStore, InMemorySnapshotStore, SnapshotData, SnapshotStore

@@ -11,8 +11,8 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 from uuid import UUID
 
 from ..events.base import DomainEvent
+from ..events.handlers import collect_handlers, find_handler_name
 from ..exceptions import EventVersionError, InvalidEventError, UnhandledEventError
-from ..projections.decorators import collect_handlers, find_handler_name
 from ..stores._validation import coerce_uuid
 from ..types import TState
 

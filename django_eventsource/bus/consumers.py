@@ -19,7 +19,7 @@ from django.utils.module_loading import import_string
 
 from ..conf import conf
 from ..events.base import DomainEvent
-from ..projections.protocols import EventSubscriber
+from ..events.handlers import EventSubscriber
 from .interface import EventBus, HandlerLike, event_type_key
 
 #: The key under which handlers of every event are kept.

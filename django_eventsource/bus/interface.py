@@ -9,7 +9,7 @@ from typing import Any, Protocol, TypeAlias, runtime_checkable
 from asgiref.sync import sync_to_async
 
 from ..events.base import DomainEvent
-from ..projections.protocols import EventSubscriber
+from ..events.handlers import EventSubscriber
 
 #: A plain function handling one event; may be ``async def``.
 EventHandlerFunc: TypeAlias = Callable[[DomainEvent], Any | Awaitable[Any]]

@@ -31,8 +31,8 @@ from asgiref.sync import async_to_sync, iscoroutinefunction, sync_to_async
 from .. import tracing
 from ..events.base import DomainEvent
 from ..events.registry import EventRegistry, default_registry
+from ..events.serialization import StoredEventData
 from ..exceptions import EventBusError, RedisNotAvailableError
-from ..repositories._json import StoredEventData
 from .interface import EventBus, HandlerLike, event_type_key
 
 try:

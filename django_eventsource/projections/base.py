@@ -23,7 +23,7 @@ from asgiref.sync import async_to_sync
 
 from ..context import event_context
 from ..events.base import DomainEvent
-from .decorators import collect_handlers, find_handler_name
+from ..events.handlers import collect_handlers, find_handler_name
 
 if TYPE_CHECKING:
     from ..repositories.checkpoint import CheckpointRepository

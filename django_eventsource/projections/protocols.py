@@ -1,19 +1,8 @@
-"""Structural protocols for things that receive events."""
+"""The ``EventSubscriber`` protocol, where the eventsource guide keeps it.
 
-from __future__ import annotations
+It lives in :mod:`django_eventsource.events.handlers`.
+"""
 
-from typing import Any, Protocol, runtime_checkable
-
-from ..events.base import DomainEvent
-
-
-@runtime_checkable
-class EventSubscriber(Protocol):
-    """Declares the event classes it wants and handles them (sync or ``async def``)."""
-
-    def subscribed_to(self) -> list[type[DomainEvent]]: ...
-
-    def handle(self, event: DomainEvent) -> Any: ...
-
+from ..events.handlers import EventSubscriber
 
 __all__ = ["EventSubscriber"]

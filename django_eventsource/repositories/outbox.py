@@ -27,7 +27,7 @@ from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from ..events.base import DomainEvent
-from ._json import StoredEventData
+from ..events.serialization import StoredEventData
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet

@@ -25,12 +25,12 @@ else:
     _PaginatorBase = Paginator
 
 
-def _pretty_json(value: Any) -> SafeString:
+def pretty_json(value: Any) -> SafeString:
     text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, cls=DjangoJSONEncoder)
     return format_html('<pre class="eventsource-json">{}</pre>', text)
 
 
-def _preformatted(text: str) -> SafeString:
+def preformatted(text: str) -> SafeString:
     return format_html('<pre class="eventsource-text">{}</pre>', text)
 
 

@@ -16,7 +16,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from ..models import DeadLetter
-from ._common import ReadOnlyAdminMixin, _preformatted, _pretty_json
+from ._common import ReadOnlyAdminMixin, preformatted, pretty_json
 
 if TYPE_CHECKING:
     _DeadLetterAdminBase = admin.ModelAdmin[DeadLetter]
@@ -88,15 +88,15 @@ class DeadLetterAdmin(ReadOnlyAdminMixin, _DeadLetterAdminBase):
 
     @admin.display(description=_("error message"))
     def error_message_text(self, obj: DeadLetter) -> SafeString:
-        return _preformatted(obj.error_message)
+        return preformatted(obj.error_message)
 
     @admin.display(description=_("stack trace"))
     def stacktrace_text(self, obj: DeadLetter) -> SafeString:
-        return _preformatted(obj.error_stacktrace)
+        return preformatted(obj.error_stacktrace)
 
     @admin.display(description=_("event data"))
     def event_data_json(self, obj: DeadLetter) -> SafeString:
-        return _pretty_json(obj.event_data)
+        return pretty_json(obj.event_data)
 
     @admin.action(description=_("Retry selected dead letters"), permissions=["change"])
     def retry_selected(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:

@@ -15,7 +15,7 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
 from ..models import EventRecord
-from ._common import EstimatedCountPaginator, ReadOnlyAdminMixin, _pretty_json
+from ._common import EstimatedCountPaginator, ReadOnlyAdminMixin, pretty_json
 from .filters import (
     AggregateIdFilter,
     AggregateTypeFilter,
@@ -140,8 +140,8 @@ class EventRecordAdmin(ReadOnlyAdminMixin, _EventAdminBase):
 
     @admin.display(description=_("payload"))
     def payload_json(self, obj: EventRecord) -> SafeString:
-        return _pretty_json(obj.payload)
+        return pretty_json(obj.payload)
 
     @admin.display(description=_("metadata"))
     def metadata_json(self, obj: EventRecord) -> SafeString:
-        return _pretty_json(obj.metadata)
+        return pretty_json(obj.metadata)

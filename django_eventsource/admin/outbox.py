@@ -13,7 +13,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from ..models import OutboxMessage
-from ._common import ReadOnlyAdminMixin, _preformatted, _pretty_json
+from ._common import ReadOnlyAdminMixin, preformatted, pretty_json
 
 if TYPE_CHECKING:
     _OutboxAdminBase = admin.ModelAdmin[OutboxMessage]
@@ -55,11 +55,11 @@ class OutboxMessageAdmin(ReadOnlyAdminMixin, _OutboxAdminBase):
 
     @admin.display(description=_("last error"))
     def last_error_text(self, obj: OutboxMessage) -> SafeString:
-        return _preformatted(obj.last_error)
+        return preformatted(obj.last_error)
 
     @admin.display(description=_("event data"))
     def event_data_json(self, obj: OutboxMessage) -> SafeString:
-        return _pretty_json(obj.event_data)
+        return pretty_json(obj.event_data)
 
     @admin.action(description=_("Retry selected messages now"), permissions=["change"])
     def retry_now(self, request: HttpRequest, queryset: QuerySet[OutboxMessage]) -> None:

@@ -10,7 +10,7 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
 from ..models import Snapshot
-from ._common import ReadOnlyAdminMixin, _pretty_json
+from ._common import ReadOnlyAdminMixin, pretty_json
 from .filters import (
     AggregateTypeFilter,
 )
@@ -44,4 +44,4 @@ class SnapshotAdmin(ReadOnlyAdminMixin, _SnapshotAdminBase):
 
     @admin.display(description=_("state"))
     def state_json(self, obj: Snapshot) -> SafeString:
-        return _pretty_json(obj.state)
+        return pretty_json(obj.state)

@@ -13,7 +13,7 @@ from uuid import UUID
 from ..events.base import DomainEvent
 from ..events.handlers import collect_handlers, find_handler_name
 from ..exceptions import EventVersionError, InvalidEventError, UnhandledEventError
-from ..stores._validation import coerce_uuid
+from ..stores.validation import coerce_uuid
 from ..types import TState
 
 logger = logging.getLogger("django_eventsource")

@@ -14,7 +14,6 @@ from .. import tracing
 from ..context import get_event_context
 from ..events.base import DomainEvent
 from ..exceptions import AggregateNotFoundError, InvalidEventError
-from ..stores._validation import coerce_uuid
 from ..stores.interface import (
     AppendResult,
     EventPublisher,
@@ -22,6 +21,7 @@ from ..stores.interface import (
     ReadOptions,
     make_stream_id,
 )
+from ..stores.validation import coerce_uuid
 from .base import AggregateRoot
 from .snapshots import SnapshotData, SnapshotStore
 

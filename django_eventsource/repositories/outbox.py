@@ -289,7 +289,7 @@ def _sqlite_converter(connection: Any) -> Any:
     Timestamps are parsed with ``datetime.fromisoformat`` (C) rather than Django's
     regular-expression parser: a claim converts hundreds of rows.
     """
-    from ..stores._sql import _as_datetime
+    from ..stores.sql import as_utc_datetime
 
     def convert(row: Sequence[Any]) -> list[Any]:
         values = list(row)
@@ -298,7 +298,7 @@ def _sqlite_converter(connection: Any) -> Any:
                 values[i] = UUID(values[i])
         for i in _ENTRY_DATETIMES:
             if values[i] is not None:
-                values[i] = _as_datetime(values[i])
+                values[i] = as_utc_datetime(values[i])
         return values
 
     return convert
@@ -491,7 +491,7 @@ class DjangoOutboxRepository(OutboxRepository):
         from django.db import connections
 
         from ..models import OutboxMessage
-        from ..stores._sql import fast_read_cursor
+        from ..stores.sql import fast_read_cursor
 
         connection = connections[self.using]
         postgresql = connection.vendor == "postgresql"

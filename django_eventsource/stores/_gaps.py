@@ -8,26 +8,10 @@ import json
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
-from ._sql import _as_datetime
-
-
-@dataclass(frozen=True, slots=True)
-class ReaderBlocker:
-    """A database session whose open transaction may hold catch-up readers back.
-
-    It holds a write lock on the event table, so it may own a position that is not
-    committed yet; readers stop below that position until the transaction ends.
-    """
-
-    pid: int | None
-    xact_start: datetime | None
-    duration_seconds: float
-    state: str
-    application_name: str
-    query: str
+from .interface import ReaderBlocker
+from .sql import as_utc_datetime
 
 
 @dataclass
@@ -51,7 +35,7 @@ def _parse_blockers(raw: Any) -> list[tuple[str, ReaderBlocker]]:
     for vxid, pid, xact_start, duration, state, application, query in items:
         seen[str(vxid)] = ReaderBlocker(
             pid=pid,
-            xact_start=_as_datetime(xact_start) if xact_start else None,
+            xact_start=as_utc_datetime(xact_start) if xact_start else None,
             duration_seconds=float(duration or 0.0),
             state=state or "",
             application_name=application or "",

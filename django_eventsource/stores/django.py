@@ -29,27 +29,28 @@ from ..events.base import DomainEvent
 from ..events.registry import EventRegistry, default_registry
 from ..exceptions import OptimisticLockError, SerializationError
 from ..models import EventRecord, OutboxMessage
-from ._gaps import ReaderBlocker, _GapState, _parse_blockers
-from ._sql import (
-    _ENVELOPE_KEYS,
-    _INSERT_COLUMNS,
-    _as_datetime,
-    _as_uuid,
-    _document,
-    _Sql,
-    fast_read_cursor,
-)
-from ._validation import check_existing_ids, check_versions, coerce_uuid, validate_append
+from ._gaps import _GapState, _parse_blockers
 from .interface import (
     AppendResult,
     EventStore,
     EventStream,
     ReadDirection,
+    ReaderBlocker,
     ReadOptions,
     StoredEvent,
     make_stream_id,
     parse_stream_id,
 )
+from .sql import (
+    _ENVELOPE_KEYS,
+    _INSERT_COLUMNS,
+    _as_uuid,
+    _document,
+    _Sql,
+    as_utc_datetime,
+    fast_read_cursor,
+)
+from .validation import check_existing_ids, check_versions, coerce_uuid, validate_append
 
 logger = logging.getLogger("django_eventsource")
 
@@ -523,7 +524,7 @@ class DjangoEventStore(EventStore):
                     stream_id=stream_id,
                     stream_position=row[7],
                     global_position=row[0],
-                    stored_at=_as_datetime(row[12]),
+                    stored_at=as_utc_datetime(row[12]),
                 )
             if len(rows) < page_size:
                 return

@@ -8,13 +8,6 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 from ..events.base import DomainEvent
-from ._validation import (
-    check_existing_ids,
-    check_versions,
-    coerce_uuid,
-    ensure_aware,
-    validate_append,
-)
 from .interface import (
     AppendResult,
     EventStore,
@@ -24,6 +17,13 @@ from .interface import (
     StoredEvent,
     make_stream_id,
     parse_stream_id,
+)
+from .validation import (
+    check_existing_ids,
+    check_versions,
+    coerce_uuid,
+    ensure_aware,
+    validate_append,
 )
 
 

@@ -182,6 +182,22 @@ def parse_stream_id(stream_id: str) -> tuple[UUID, str]:
     return aggregate_id, aggregate_type
 
 
+@dataclass(frozen=True, slots=True)
+class ReaderBlocker:
+    """A database session whose open transaction may hold catch-up readers back.
+
+    It holds a write lock on the event table, so it may own a position that is not
+    committed yet; readers stop below that position until the transaction ends.
+    """
+
+    pid: int | None
+    xact_start: datetime | None
+    duration_seconds: float
+    state: str
+    application_name: str
+    query: str
+
+
 @runtime_checkable
 class EventPublisher(Protocol):
     """Anything that can publish committed events (an ``EventBus``, for example)."""
@@ -374,6 +390,7 @@ __all__ = [
     "ExpectedVersion",
     "ReadDirection",
     "ReadOptions",
+    "ReaderBlocker",
     "StoredEvent",
     "make_stream_id",
     "parse_stream_id",

@@ -210,7 +210,7 @@ def _document(row: Sequence[Any]) -> str:
     return document + "}"
 
 
-def _as_datetime(value: Any) -> datetime:
+def as_utc_datetime(value: Any) -> datetime:
     """A column value as an aware UTC datetime (SQLite returns naive UTC or text)."""
     if isinstance(value, str):
         try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -273,6 +275,16 @@ def test_without_the_redis_package_the_bus_raises_a_clear_error(
 
     with pytest.raises(RedisNotAvailableError, match="pip install"):
         RedisEventBus(RedisEventBusConfig())
+
+
+def test_the_default_consumer_name_names_this_process_and_is_shared_by_its_buses() -> None:
+    first, second = RedisEventBusConfig(), RedisEventBusConfig()
+
+    host, pid, token = first.consumer_name.split(":")
+
+    assert (host, int(pid)) == (socket.gethostname(), os.getpid())
+    assert token
+    assert second.consumer_name == first.consumer_name
 
 
 def test_async_twins_publish_and_consume(make_bus: Callable[..., RedisEventBus]) -> None:

@@ -75,6 +75,21 @@ class EventBus(ABC):
         await sync_to_async(self.shutdown, thread_sensitive=False)(timeout)
 
 
+def handler_function(handler: HandlerLike) -> Callable[[DomainEvent], Any]:
+    """What a bus calls for ``handler``: its ``handle`` method, or the handler itself.
+
+    Raises ``TypeError`` for anything else, so a bad handler fails at ``subscribe``.
+    """
+    handle: Callable[[DomainEvent], Any] | None = getattr(handler, "handle", None)
+    if callable(handle):
+        return handle
+    if callable(handler):
+        return handler
+    raise TypeError(
+        f"An event handler must be a callable or have a handle(event) method, got {handler!r}"
+    )
+
+
 def event_type_key(event_type: type[DomainEvent] | str) -> str:
     """Subscription key of an event class or type name."""
     if isinstance(event_type, str):
@@ -90,4 +105,5 @@ __all__ = [
     "EventSubscriber",
     "HandlerLike",
     "event_type_key",
+    "handler_function",
 ]

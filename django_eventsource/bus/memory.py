@@ -20,7 +20,7 @@ from asgiref.sync import iscoroutinefunction, sync_to_async
 
 from ..events.base import DomainEvent
 from ..exceptions import EventBusError
-from .interface import EventBus, HandlerLike, event_type_key
+from .interface import EventBus, HandlerLike, event_type_key, handler_function
 
 logger = logging.getLogger("django_eventsource")
 
@@ -59,15 +59,7 @@ def _handler_name(handler: object) -> str:
 
 
 def _subscription(handler: HandlerLike) -> _Subscription:
-    handle = getattr(handler, "handle", None)
-    if callable(handle):
-        func: Callable[[DomainEvent], Any] = handle
-    elif callable(handler):
-        func = handler
-    else:
-        raise TypeError(
-            f"An event handler must be a callable or have a handle(event) method, got {handler!r}"
-        )
+    func = handler_function(handler)
     # A callable instance is async when its class's ``__call__`` is.
     is_async = iscoroutinefunction(func) or (
         not inspect.isroutine(func) and iscoroutinefunction(type(func).__call__)
@@ -83,6 +75,7 @@ async def _await(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
 
 
+# Not _runtime.call_handler: that pays for a new loop and thread per call; this reuses one.
 class _CoroutineRunner:
     """Runs coroutines to completion on a private loop, created on first use.
 

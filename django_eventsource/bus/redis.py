@@ -18,22 +18,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
-import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from asgiref.sync import async_to_sync, iscoroutinefunction, sync_to_async
+from asgiref.sync import sync_to_async
 
 from .. import tracing
+from .._runtime import call_handler, full_jitter_delay, worker_id
 from ..events.base import DomainEvent
 from ..events.registry import EventRegistry, default_registry
 from ..events.serialization import StoredEventData
 from ..exceptions import EventBusError, RedisNotAvailableError
-from .interface import EventBus, HandlerLike, event_type_key
+from .interface import EventBus, HandlerLike, event_type_key, handler_function
 
 try:
     import redis as redis_lib
@@ -53,8 +52,22 @@ if TYPE_CHECKING:
 logger = logging.getLogger("django_eventsource.bus.redis")
 
 
+_consumer_lock = threading.Lock()
+_process_consumer: tuple[int, str] | None = None
+
+
 def _default_consumer_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+    """This process's consumer name (a ``worker_id()``, kept while the pid is the same).
+
+    Redis keeps every consumer name it sees in the group until it is deleted, so a name
+    per bus would leave one more behind each time the recovery task runs.
+    """
+    global _process_consumer
+    pid = os.getpid()
+    with _consumer_lock:
+        if _process_consumer is None or _process_consumer[0] != pid:
+            _process_consumer = (pid, worker_id())
+        return _process_consumer[1]
 
 
 @dataclass(frozen=True)
@@ -129,31 +142,6 @@ class _Message:
     message_id: str
     fields: dict[str, str]
     deliveries: int
-
-
-def _callable(handler: HandlerLike) -> Any:
-    handle = getattr(handler, "handle", None)
-    if callable(handle):
-        return handle
-    if callable(handler):
-        return handler
-    raise TypeError(
-        f"An event handler must be a callable or have a handle(event) method, got {handler!r}"
-    )
-
-
-def _call(handler: HandlerLike, event: DomainEvent) -> None:
-    func = _callable(handler)
-    if iscoroutinefunction(func):
-        async_to_sync(func)(event)
-        return
-    result = func(event)
-    if hasattr(result, "__await__"):
-
-        async def wait() -> None:
-            await result
-
-        async_to_sync(wait)()
 
 
 def serialize_fields(event_data: Mapping[str, Any]) -> dict[str, str]:
@@ -310,7 +298,7 @@ class RedisEventBus(EventBus):
     # -- subscriptions ----------------------------------------------------------------
 
     def subscribe(self, event_type: type[DomainEvent] | str, handler: HandlerLike) -> None:
-        _callable(handler)
+        handler_function(handler)
         with self._lock:
             self._handlers.setdefault(event_type_key(event_type), []).append(handler)
 
@@ -323,7 +311,7 @@ class RedisEventBus(EventBus):
             return False
 
     def subscribe_to_all_events(self, handler: HandlerLike) -> None:
-        _callable(handler)
+        handler_function(handler)
         with self._lock:
             self._wildcard.append(handler)
 
@@ -510,7 +498,7 @@ class RedisEventBus(EventBus):
             return _Poison(f"{type(exc).__name__}: {exc}")
         for handler in self._handlers_for(event.event_type):
             try:
-                _call(handler, event)
+                call_handler(handler_function(handler), event)
             except Exception as exc:  # the message stays pending
                 self._count(handler_errors=1)
                 return exc
@@ -579,8 +567,8 @@ class RedisEventBus(EventBus):
                 failures += 1
                 self._group_ready = False
                 self._count(reconnections=1)
-                delay = random.uniform(
-                    0, min(cfg.reconnect_backoff_max, cfg.reconnect_backoff * 2 ** (failures - 1))
+                delay = full_jitter_delay(
+                    failures, cfg.reconnect_backoff, cfg.reconnect_backoff_max
                 )
                 logger.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)
                 self._stop.wait(delay)

@@ -26,7 +26,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--group", help="Consumer group (default: EVENTSOURCE_REDIS_CONSUMER_GROUP)."
         )
-        parser.add_argument("--consumer", help="Consumer name (default: <host>-<pid>).")
+        parser.add_argument(
+            "--consumer", help="Consumer name (default: <host>:<pid>:<token>, one per process)."
+        )
         parser.add_argument(
             "--once",
             action="store_true",

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from io import StringIO
@@ -129,6 +133,42 @@ def test_the_recovery_task_processes_messages_a_dead_consumer_left_behind(
 
     assert result["handled"] == 1
     assert HandledEvent.objects.filter(event_id=event.event_id).count() == 1
+
+
+@pytest.mark.redis
+@pytest.mark.django_db
+@pytest.mark.timeout(30)
+def test_the_command_consumes_until_sigterm_then_restores_the_signal_handlers(
+    redis_settings: RedisEventBusConfig,
+) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers can only be installed from the main thread")
+    seen: list[DomainEvent] = []
+    consumers.register_handler(AccountOpened, seen.append)
+    bus = RedisEventBus(redis_settings)
+    bus.publish([AccountOpened(aggregate_id=uuid4(), owner="Ada")])
+    bus.close()
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def terminate_once_handled() -> None:
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # Without the command's handler, SIGTERM would end the test process itself.
+        if signal.getsignal(signal.SIGTERM) is not previous:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    terminator = threading.Thread(target=terminate_once_handled)
+    terminator.start()
+    out = StringIO()
+    try:
+        call_command("consume_events", stdout=out)
+    finally:
+        terminator.join()
+
+    assert len(seen) == 1
+    assert "acknowledged 1" in out.getvalue()
+    assert signal.getsignal(signal.SIGTERM) is previous
 
 
 @override_settings(EVENTSOURCE_EVENT_BUS="memory")

@@ -8,11 +8,11 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from ..._runtime import stop_on_signals
 from ...bus import get_event_bus
 from ...bus.consumers import attach_handlers
 from ...bus.redis import REDIS_AVAILABLE, RedisEventBus, RedisEventBusConfig
 from ...conf import conf
-from .publish_outbox import install_signal_handlers
 
 
 class Command(BaseCommand):
@@ -59,24 +59,7 @@ class Command(BaseCommand):
                     if verbosity >= 2:
                         self.stdout.write(f"handled {handled} message(s)")
             else:
-                stop_event = threading.Event()
-                restore = install_signal_handlers(stop_event)
-
-                def stop_when_signalled() -> None:
-                    stop_event.wait()
-                    bus.stop_consuming()
-
-                watcher = threading.Thread(
-                    target=stop_when_signalled,
-                    name="consume-events-stop",
-                    daemon=True,
-                )
-                watcher.start()
-                try:
-                    bus.start_consuming()
-                finally:
-                    stop_event.set()
-                    restore()
+                _consume_until_signalled(bus)
         finally:
             bus.close()
         stats = bus.get_stats()
@@ -109,3 +92,21 @@ class Command(BaseCommand):
         raise CommandError(
             "consume_events reads the Redis Streams bus: set EVENTSOURCE_EVENT_BUS = 'redis'."
         )
+
+
+def _consume_until_signalled(bus: RedisEventBus) -> None:
+    """Run the consumer loop until SIGTERM or SIGINT."""
+    stop_event = threading.Event()
+
+    # A signal handler only sets an event; the thread turns it into stop_consuming().
+    def stop_when_signalled() -> None:
+        stop_event.wait()
+        bus.stop_consuming()
+
+    watcher = threading.Thread(target=stop_when_signalled, name="consume-events-stop", daemon=True)
+    with stop_on_signals(stop_event):
+        watcher.start()
+        try:
+            bus.start_consuming()
+        finally:
+            stop_event.set()  # ends the watcher when the loop stopped for another reason

@@ -88,10 +88,10 @@ def recover_pending_events(group: str | None = None) -> dict[str, int]:
     Messages are claimed after ``EVENTSOURCE_REDIS_CLAIM_IDLE_MS``; those delivered more
     than ``EVENTSOURCE_REDIS_MAX_RETRIES`` times go to the dead-letter stream.
     """
+    from .bus import build_redis_bus
     from .bus.consumers import attach_handlers
-    from .bus.redis import RedisEventBus, RedisEventBusConfig
 
-    bus = RedisEventBus(RedisEventBusConfig.from_settings(consumer_group=group))
+    bus = build_redis_bus(consumer_group=group)
     try:
         attach_handlers(bus)
         handled = bus.recover_pending()

@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 from io import StringIO
 from uuid import uuid4
@@ -46,6 +47,11 @@ class BalanceSubscriber:
             AccountSummary.objects.filter(
                 account_id=event.aggregate_id, events_seen=event.aggregate_version - 1
             ).update(balance=F("balance") + event.amount, events_seen=F("events_seen") + 1)
+
+
+def redis_bus_with_its_own_group() -> RedisEventBus:
+    """A dotted-path bus factory: the group is set in code, not in the settings."""
+    return RedisEventBus(replace(RedisEventBusConfig.from_settings(), consumer_group="own-group"))
 
 
 @pytest.fixture
@@ -112,6 +118,27 @@ def test_handlers_registered_in_code_run_beside_the_settings_ones(
     call_command("consume_events", once=True, group="other-group", consumer="c1", verbosity=0)
 
     assert opened == ["Linus"]
+    assert HandledEvent.objects.filter(event_id=event.event_id).exists()
+
+
+@pytest.mark.redis
+@pytest.mark.django_db
+def test_a_redis_bus_from_a_dotted_path_factory_keeps_its_configuration_in_the_command(
+    redis_settings: RedisEventBusConfig,
+) -> None:
+    bus = RedisEventBus(redis_settings)
+    event = AccountOpened(aggregate_id=uuid4(), owner="Edsger")
+    bus.publish([event])
+    bus.close()
+    out = StringIO()
+
+    with override_settings(
+        EVENTSOURCE_EVENT_BUS="tests.test_consume_events.redis_bus_with_its_own_group"
+    ):
+        call_command("consume_events", once=True, consumer="c9", verbosity=2, stdout=out)
+        reset_event_bus()
+
+    assert f"Consuming {redis_settings.stream_name} as own-group/c9 " in out.getvalue()
     assert HandledEvent.objects.filter(event_id=event.event_id).exists()
 
 

@@ -7,6 +7,7 @@ This module stays light: the Redis client is imported only when the Redis bus is
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from django.core.exceptions import ImproperlyConfigured
@@ -16,6 +17,7 @@ from ..conf import conf
 
 if TYPE_CHECKING:
     from .interface import EventBus
+    from .redis import RedisEventBus
 
 #: Short names accepted by ``EVENTSOURCE_EVENT_BUS`` besides a dotted path.
 BUS_NAMES = ("memory", "redis")
@@ -47,9 +49,7 @@ def build_event_bus(name: object) -> EventBus | None:
         attach_handlers(memory_bus)
         return memory_bus
     if name == "redis":
-        from .redis import RedisEventBus, RedisEventBusConfig
-
-        return RedisEventBus(RedisEventBusConfig.from_settings())
+        return build_redis_bus()
     if not isinstance(name, str) or "." not in name:
         raise ImproperlyConfigured(
             f"EVENTSOURCE_EVENT_BUS must be None, 'memory', 'redis' or a dotted path, got {name!r}."
@@ -66,6 +66,32 @@ def build_event_bus(name: object) -> EventBus | None:
             f"EVENTSOURCE_EVENT_BUS {name!r} returned {type(bus).__name__}, not an EventBus."
         )
     return bus
+
+
+def build_redis_bus(
+    consumer_group: str | None = None,
+    consumer_name: str | None = None,
+    *,
+    like: RedisEventBus | None = None,
+) -> RedisEventBus:
+    """A new ``RedisEventBus``, the one place where the app builds one.
+
+    It is configured from the ``EVENTSOURCE_REDIS_*`` settings, or takes the configuration
+    and event registry of ``like`` (a bus built by a dotted-path factory).
+    ``consumer_group`` and ``consumer_name``, when given, replace the configured ones.
+    """
+    from .redis import RedisEventBus, RedisEventBusConfig
+
+    if like is None:
+        config, registry = RedisEventBusConfig.from_settings(), None
+    else:
+        config, registry = like.config, like.registry
+    config = replace(
+        config,
+        consumer_group=consumer_group or config.consumer_group,
+        consumer_name=consumer_name or config.consumer_name,
+    )
+    return RedisEventBus(config, registry)
 
 
 def get_event_bus() -> EventBus | None:
@@ -98,4 +124,4 @@ def _shutdown(bus: EventBus | None) -> None:
         bus.shutdown(timeout=5.0)
 
 
-__all__ = ["BUS_NAMES", "build_event_bus", "get_event_bus", "reset_event_bus"]
+__all__ = ["BUS_NAMES", "build_event_bus", "build_redis_bus", "get_event_bus", "reset_event_bus"]

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ..._runtime import stop_on_signals
-from ...bus import get_event_bus
+from ...bus import build_redis_bus, get_event_bus
 from ...bus.consumers import attach_handlers
-from ...bus.redis import REDIS_AVAILABLE, RedisEventBus, RedisEventBusConfig
+from ...bus.redis import REDIS_AVAILABLE, RedisEventBus
 from ...conf import conf
 
 
@@ -76,19 +75,11 @@ class Command(BaseCommand):
         if conf.EVENT_BUS == "redis":
             if not REDIS_AVAILABLE:
                 raise CommandError("consume_events needs the redis package.")
-            return RedisEventBus(
-                RedisEventBusConfig.from_settings(consumer_group=group, consumer_name=consumer)
-            )
+            return build_redis_bus(group, consumer)
         configured = get_event_bus()
         if isinstance(configured, RedisEventBus):
             # A dotted-path factory: keep its configuration, apply the overrides.
-            config = configured.config
-            config = replace(
-                config,
-                consumer_group=group or config.consumer_group,
-                consumer_name=consumer or config.consumer_name,
-            )
-            return RedisEventBus(config, configured.registry)
+            return build_redis_bus(group, consumer, like=configured)
         raise CommandError(
             "consume_events reads the Redis Streams bus: set EVENTSOURCE_EVENT_BUS = 'redis'."
         )

@@ -1,0 +1,308 @@
+"""The consuming half of the Redis bus: consumer group, pending recovery, dead letters.
+
+Consumers read through a consumer group (at-least-once): a message is acknowledged only
+after every subscribed handler succeeded. A message left unacknowledged (handler error,
+crashed consumer) is claimed by a consumer of the group with ``XAUTOCLAIM`` once it has
+been idle ``claim_idle_ms``; after ``max_retries`` deliveries it moves to the dead-letter
+stream ``<stream_prefix>:dlq`` with its error. Messages of unknown event types, or that
+no longer validate, go there at once: nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from typing import TYPE_CHECKING
+
+from .. import tracing
+from .._runtime import call_handler, full_jitter_delay
+from ..events.registry import EventRegistry
+from ..exceptions import EventBusError
+from .interface import HandlerLike, handler_function
+from .redis_streams import RedisEventBusConfig, StatsCounter, StreamMessage
+
+with suppress(ImportError):  # without redis no bus, hence no consumer, is ever created
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import ResponseError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+# The documented logger of the Redis bus, whichever of its modules logs.
+logger = logging.getLogger("django_eventsource.bus.redis")
+
+
+class StreamConsumer:
+    """Reads the events stream as one consumer of a group and runs the handlers.
+
+    ``RedisEventBus`` owns one and documents the behaviour; the bus supplies its client
+    (``client()``, created on first use), its subscriptions (``handlers_for(event_type)``)
+    and its counters.
+    """
+
+    def __init__(
+        self,
+        config: RedisEventBusConfig,
+        registry: EventRegistry,
+        client: Callable[[], Redis[str]],
+        handlers_for: Callable[[str], list[HandlerLike]],
+        stats: StatsCounter,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self._client = client
+        self._handlers_for = handlers_for
+        self._stats = stats
+        self._stop = threading.Event()
+        self._group_ready = False
+        self._last_recovery = 0.0
+
+    def ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            self._client().xgroup_create(
+                self.config.stream_name, self.config.consumer_group, id="0", mkstream=True
+            )
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    def consume_once(self, count: int | None = None, block_ms: int | None = None) -> int:
+        handled = self.recover_pending(count)
+        return handled + self.read_new(count, block_ms)
+
+    def read_new(self, count: int | None, block_ms: int | None) -> int:
+        """Read messages never delivered to the group and process them."""
+        cfg = self.config
+        self.ensure_group()
+        try:
+            response = self._client().xreadgroup(
+                cfg.consumer_group,
+                cfg.consumer_name,
+                {cfg.stream_name: ">"},
+                count=count or cfg.batch_size,
+                block=block_ms if block_ms else None,
+            )
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                # The stream or group vanished (Redis restarted without persistence).
+                self._group_ready = False
+            raise
+        messages = [
+            StreamMessage(message_id, entry_fields, 1)
+            for _stream, entries in (response or [])
+            for message_id, entry_fields in entries
+            if entry_fields is not None
+        ]
+        return self._process(messages)
+
+    def recover_pending(self, count: int | None = None) -> int:
+        cfg = self.config
+        self.ensure_group()
+        handled = 0
+        cursor = "0-0"
+        while True:
+            response = self._client().xautoclaim(
+                cfg.stream_name,
+                cfg.consumer_group,
+                cfg.consumer_name,
+                min_idle_time=cfg.claim_idle_ms,
+                start_id=cursor,
+                count=count or cfg.batch_size,
+            )
+            cursor = response[0]
+            claimed = [(mid, f) for mid, f in response[1] if f is not None]
+            # Entries trimmed from the stream while pending cannot be processed any
+            # more; XAUTOCLAIM has already dropped them from the pending list.
+            if claimed:
+                self._stats.add(messages_recovered=len(claimed))
+                deliveries = self._delivery_counts([mid for mid, _ in claimed])
+                handled += self._process(
+                    [StreamMessage(mid, f, deliveries.get(mid, 1)) for mid, f in claimed]
+                )
+            # XAUTOCLAIM scans a bounded slice of the pending list per call; the cursor
+            # returns to 0-0 once the whole list has been looked at.
+            if cursor in ("0-0", "0"):
+                return handled
+
+    def _delivery_counts(self, message_ids: list[str]) -> dict[str, int]:
+        cfg = self.config
+        pipe = self._client().pipeline(transaction=False)
+        for message_id in message_ids:
+            pipe.xpending_range(
+                cfg.stream_name, cfg.consumer_group, min=message_id, max=message_id, count=1
+            )
+        return {
+            str(p["message_id"]): int(p["times_delivered"])
+            for result in pipe.execute()
+            for p in result
+        }
+
+    def _process(self, messages: list[StreamMessage]) -> int:
+        if not messages:
+            return 0
+        self._stats.add(messages_received=len(messages))
+        cfg = self.config
+        acked: list[str] = []
+        handled = 0
+        for message in messages:
+            data = message.data()
+            attributes = {
+                "event_type": message.fields.get("event_type"),
+                "event_id": message.fields.get("event_id"),
+                "message_id": message.message_id,
+                "deliveries": message.deliveries,
+                "consumer_group": cfg.consumer_group,
+            }
+            metadata = data.get("metadata") if isinstance(data, dict) else None
+            # The span joins the trace of the code that saved the event.
+            with tracing.span(
+                "eventsource.redis.consume",
+                attributes,
+                parent=metadata if isinstance(metadata, dict) else None,
+            ) as current:
+                error = self._handle(message, data)
+                if error is not None:
+                    tracing.record_exception(current, error)
+            if error is None:
+                acked.append(message.message_id)
+            elif isinstance(error, _Poison) or message.deliveries >= cfg.max_retries:
+                self._dead_letter(message, _describe(error))
+                handled += 1
+            else:
+                logger.warning(
+                    "Event %s (message %s) failed on delivery %d of %d; it will be retried: %s",
+                    message.fields.get("event_id"),
+                    message.message_id,
+                    message.deliveries,
+                    cfg.max_retries,
+                    _describe(error),
+                    exc_info=error,
+                    extra={
+                        "event_id": message.fields.get("event_id"),
+                        "event_type": message.fields.get("event_type"),
+                        "message_id": message.message_id,
+                        "deliveries": message.deliveries,
+                        "consumer": cfg.consumer_name,
+                    },
+                )
+        if acked:
+            self._client().xack(  # type: ignore[no-untyped-call]
+                cfg.stream_name, cfg.consumer_group, *acked
+            )
+            self._stats.add(messages_acknowledged=len(acked))
+        return handled + len(acked)
+
+    def _handle(self, message: StreamMessage, data: object) -> BaseException | None:
+        """Run every handler of one message; the error that stopped it, or None."""
+        if message.deliveries > self.config.max_retries:
+            return _Poison(
+                f"delivered {message.deliveries} times without being acknowledged "
+                f"(max_retries={self.config.max_retries})"
+            )
+        event_type = message.fields.get("event_type", "")
+        if self.registry.get_or_none(event_type) is None:
+            return _Poison(f"Unknown event type {event_type!r}")
+        if not isinstance(data, dict):
+            return _Poison("The message's data is not a JSON object")
+        try:
+            event = self.registry.deserialize(data)
+        except Exception as exc:  # a message that cannot decode is poison
+            return _Poison(f"{type(exc).__name__}: {exc}")
+        for handler in self._handlers_for(event.event_type):
+            try:
+                call_handler(handler_function(handler), event)
+            except Exception as exc:  # the message stays pending
+                self._stats.add(handler_errors=1)
+                return exc
+        return None
+
+    def _dead_letter(self, message: StreamMessage, error: str) -> None:
+        cfg = self.config
+        entry = {
+            **message.fields,
+            "error": error,
+            "original_stream": cfg.stream_name,
+            "original_message_id": message.message_id,
+            "consumer_group": cfg.consumer_group,
+            "consumer": cfg.consumer_name,
+            "deliveries": str(message.deliveries),
+            "dead_lettered_at": str(time.time()),
+        }
+        logger.error(
+            "Event %s (message %s) moved to %s after %d deliveries: %s",
+            message.fields.get("event_id"),
+            message.message_id,
+            cfg.dead_letter_stream,
+            message.deliveries,
+            error,
+            extra={
+                "event_id": message.fields.get("event_id"),
+                "event_type": message.fields.get("event_type"),
+                "message_id": message.message_id,
+                "deliveries": message.deliveries,
+                "stream": cfg.dead_letter_stream,
+                "consumer": cfg.consumer_name,
+            },
+        )
+        pipe = self._client().pipeline(transaction=True)
+        pipe.xadd(cfg.dead_letter_stream, entry)
+        pipe.xack(cfg.stream_name, cfg.consumer_group, message.message_id)
+        pipe.execute()
+        self._stats.add(messages_dead_lettered=1)
+
+    def dead_letters(self, count: int) -> list[tuple[str, dict[str, str]]]:
+        return [
+            (str(mid), dict(f))
+            for mid, f in self._client().xrange(self.config.dead_letter_stream, count=count)
+        ]
+
+    def run(self) -> None:
+        """The consumer loop: until ``stop()``, through Redis outages."""
+        self._stop.clear()
+        cfg = self.config
+        recovery_every = min(max(cfg.claim_idle_ms / 2000, 0.05), 30.0)
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                if time.monotonic() - self._last_recovery >= recovery_every:
+                    self._last_recovery = time.monotonic()
+                    self.recover_pending()
+                self.read_new(cfg.batch_size, cfg.block_ms)
+                failures = 0
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                failures += 1
+                self._group_ready = False
+                self._stats.add(reconnections=1)
+                delay = full_jitter_delay(
+                    failures, cfg.reconnect_backoff, cfg.reconnect_backoff_max
+                )
+                logger.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)
+                self._stop.wait(delay)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self._group_ready = False
+                logger.warning("Consumer group vanished; recreating it")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, _Poison):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+class _Poison(EventBusError):
+    """A message that no retry can fix (unknown type, undecodable, too many deliveries)."""
+
+
+__all__ = ["StreamConsumer"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -15,7 +16,7 @@ from uuid import UUID, uuid4
 import pytest
 from asgiref.sync import async_to_sync
 
-from django_eventsource import DomainEvent, RedisNotAvailableError
+from django_eventsource import DomainEvent, EventBusError, RedisNotAvailableError
 from django_eventsource.bus import redis as redis_bus
 from django_eventsource.bus.redis import RedisEventBus, RedisEventBusConfig
 from tests.factories import account_history
@@ -299,3 +300,196 @@ def test_async_twins_publish_and_consume(make_bus: Callable[..., RedisEventBus])
     handled = async_to_sync(publish_and_consume)()
 
     assert handled == 2 and len(seen) == 2
+
+
+# -- background publishing and shutdown ------------------------------------------------
+
+
+def event_ids(bus: RedisEventBus) -> list[str]:
+    return [fields["event_id"] for _, fields in bus.client.xrange(bus.config.stream_name)]
+
+
+def test_background_publishes_reach_the_stream_in_order_once_shutdown_returns(
+    make_bus: Callable[..., RedisEventBus],
+) -> None:
+    bus = make_bus()
+    batches = [account_history(deposits=2) for _ in range(5)]
+    for events in batches:
+        bus.publish(events, background=True)
+
+    bus.shutdown(timeout=10)
+
+    assert event_ids(make_bus()) == [str(e.event_id) for events in batches for e in events]
+    stats = bus.get_stats()
+    assert (stats.events_published, stats.background_pending, stats.background_dropped) == (
+        15,
+        0,
+        0,
+    )
+
+
+def test_a_background_publish_returns_while_redis_is_still_busy_with_it(
+    make_bus: Callable[..., RedisEventBus], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bus = make_bus()
+    sending, release = threading.Event(), threading.Event()
+    real_pipeline = bus.client.pipeline
+
+    def slow_pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = real_pipeline(*args, **kwargs)
+        real_execute = pipe.execute
+
+        def execute(*a: Any, **k: Any) -> Any:
+            sending.set()
+            release.wait(5)
+            return real_execute(*a, **k)
+
+        monkeypatch.setattr(pipe, "execute", execute)
+        return pipe
+
+    monkeypatch.setattr(bus.client, "pipeline", slow_pipeline)
+    events = account_history(deposits=1)
+
+    bus.publish(events, background=True)
+
+    assert not release.is_set()
+    assert sending.wait(5)
+    assert bus.get_stats().background_pending == 2
+    release.set()
+    bus.shutdown(timeout=10)
+    assert event_ids(make_bus()) == [str(e.event_id) for e in events]
+
+
+def test_shutdown_drops_the_background_events_still_queued_when_its_timeout_passes(
+    make_bus: Callable[..., RedisEventBus],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bus = make_bus()
+    sending, release = threading.Event(), threading.Event()
+    real_pipeline = bus.client.pipeline
+
+    def slow_pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = real_pipeline(*args, **kwargs)
+        real_execute = pipe.execute
+
+        def execute(*a: Any, **k: Any) -> Any:
+            sending.set()
+            release.wait(5)
+            return real_execute(*a, **k)
+
+        monkeypatch.setattr(pipe, "execute", execute)
+        return pipe
+
+    monkeypatch.setattr(bus.client, "pipeline", slow_pipeline)
+    sent, queued = account_history(deposits=0), account_history(deposits=1)
+    bus.publish(sent, background=True)
+    assert sending.wait(5)
+    bus.publish(queued, background=True)
+    caplog.set_level(logging.WARNING, logger="django_eventsource")
+
+    bus.shutdown(timeout=0.1)
+    release.set()
+
+    wait_until(lambda: bus.get_stats().background_pending == 0)
+    assert event_ids(make_bus()) == [str(sent[0].event_id)]
+    assert bus.get_stats().background_dropped == 2
+    assert any("3 background event(s) pending" in r.getMessage() for r in caplog.records)
+    (dropped,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert dropped.event_ids == [str(e.event_id) for e in queued]  # type: ignore[attr-defined]
+
+
+def test_a_background_publish_that_redis_refuses_is_logged_and_counted_not_raised(
+    make_bus: Callable[..., RedisEventBus], caplog: pytest.LogCaptureFixture
+) -> None:
+    bus = make_bus(redis_url="redis://127.0.0.1:1/0", connection_retries=0)
+    events = account_history(deposits=1)
+    caplog.set_level(logging.ERROR, logger="django_eventsource")
+
+    bus.publish(events, background=True)
+    bus.shutdown(timeout=10)
+
+    stats = bus.get_stats()
+    assert (stats.events_published, stats.background_dropped) == (0, 2)
+    (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "2 background event(s) were not published" in record.getMessage()
+    assert record.event_ids == [str(e.event_id) for e in events]  # type: ignore[attr-defined]
+
+
+def test_apublish_in_the_background_queues_the_events_for_the_worker(
+    make_bus: Callable[..., RedisEventBus],
+) -> None:
+    bus = make_bus()
+    events = account_history(deposits=1)
+
+    async def publish() -> None:
+        await bus.apublish(events, background=True)
+
+    async_to_sync(publish)()
+    bus.shutdown(timeout=10)
+
+    assert event_ids(make_bus()) == [str(e.event_id) for e in events]
+
+
+def test_after_shutdown_the_bus_refuses_to_publish_or_consume(
+    make_bus: Callable[..., RedisEventBus],
+) -> None:
+    bus = make_bus()
+    events = account_history(deposits=0)
+
+    bus.shutdown()
+
+    assert bus.is_shut_down
+    with pytest.raises(EventBusError, match="shut down"):
+        bus.publish(events)
+    with pytest.raises(EventBusError, match="shut down"):
+        bus.publish(events, background=True)
+    with pytest.raises(EventBusError, match="shut down"):
+        bus.publish_serialized([events[0].to_dict()])
+    with pytest.raises(EventBusError, match="shut down"):
+        bus.consume_once()
+    with pytest.raises(EventBusError, match="shut down"):
+        bus.start_consuming()
+    bus.shutdown()  # a second call is harmless
+    assert event_ids(make_bus()) == []
+
+
+def test_shutdown_stops_a_running_consumer_loop_and_waits_for_it(
+    make_bus: Callable[..., RedisEventBus],
+) -> None:
+    bus = make_bus(block_ms=1500)
+    seen: list[DomainEvent] = []
+    bus.subscribe_to_all_events(seen.append)
+    loop = threading.Thread(target=bus.start_consuming)
+    loop.start()
+    make_bus().publish(account_history(deposits=0))
+    wait_until(lambda: len(seen) == 1)
+
+    bus.shutdown(timeout=10)
+
+    # Well within the 1.5 s read the loop was blocked in: shutdown waited for it to return.
+    loop.join(timeout=0.5)
+    assert not loop.is_alive()
+
+
+def test_a_handler_may_shut_down_the_bus_whose_loop_is_running_it(
+    make_bus: Callable[..., RedisEventBus],
+) -> None:
+    bus = make_bus()
+    seen: list[DomainEvent] = []
+
+    def last_one(event: DomainEvent) -> None:
+        seen.append(event)
+        bus.shutdown(timeout=5)
+
+    bus.subscribe_to_all_events(last_one)
+    make_bus().publish(account_history(deposits=0))
+    loop = threading.Thread(target=bus.start_consuming)
+    started = time.monotonic()
+    loop.start()
+    loop.join(timeout=10)
+
+    assert not loop.is_alive()
+    assert time.monotonic() - started < 5  # the handler did not wait for its own loop
+    assert len(seen) == 1
+    assert bus.client.xpending(bus.config.stream_name, bus.config.consumer_group)["pending"] == 0

@@ -42,7 +42,11 @@ class EventBus(ABC):
 
     @abstractmethod
     def publish(self, events: Sequence[DomainEvent], background: bool = False) -> None:
-        """Deliver ``events`` to their subscribers (in order)."""
+        """Deliver ``events`` to their subscribers (in order).
+
+        With ``background=True`` the call returns at once and the bus delivers the events
+        from a worker thread; ``shutdown`` waits for them.
+        """
 
     @abstractmethod
     def subscribe(self, event_type: type[DomainEvent] | str, handler: HandlerLike) -> None:

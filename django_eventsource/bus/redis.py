@@ -7,7 +7,11 @@ module too).
 
 from __future__ import annotations
 
+import contextvars
+import logging
+import queue
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
@@ -36,6 +40,12 @@ with suppress(ImportError):  # without redis the bus refuses to be created
 if TYPE_CHECKING:
     from redis import Redis
 
+# The documented logger of the Redis bus, whichever of its modules logs.
+logger = logging.getLogger("django_eventsource.bus.redis")
+
+#: Stream entries of one background publish, with the context (trace) of its caller.
+_Batch = tuple[list[dict[str, str]], contextvars.Context]
+
 
 class RedisEventBus(EventBus):
     """Publishes events to a Redis stream and consumes them through a consumer group.
@@ -54,6 +64,18 @@ class RedisEventBus(EventBus):
     Delivery is at-least-once: a handler can see an event again (after a crash or a
     failure of another handler of the same event), so it should be idempotent, keyed on
     ``event.event_id``.
+
+    **Background publishing.** ``publish(events, background=True)`` returns at once and a
+    single worker thread sends the events, in order, one call after another. Events the
+    worker cannot send (Redis unreachable) are logged and counted in
+    ``background_dropped``: the caller has moved on, so nothing retries them. Use the
+    outbox when an event must reach Redis.
+
+    **Shutdown.** ``shutdown(timeout)`` refuses further publishing and consuming
+    (``EventBusError``), stops a running consumer loop and waits up to ``timeout`` seconds
+    for it and for background events to be sent, then closes the connections. Background
+    events still queued when the time is up are dropped with a warning; the batch being
+    sent finishes.
     """
 
     def __init__(
@@ -75,6 +97,15 @@ class RedisEventBus(EventBus):
         self._consumer = StreamConsumer(
             self.config, self.registry, lambda: self.client, self._handlers_for, self._stats
         )
+        self._stop = threading.Event()
+        # Lifecycle: whether shut down, and the threads still using the client (the
+        # background worker, consumer loops); the last of them to finish closes it.
+        self._state = threading.Condition()
+        self._closed = False
+        self._worker: threading.Thread | None = None
+        self._loops: set[threading.Thread] = set()
+        self._queue: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
+        self._drop_pending = False
 
     # -- connection -------------------------------------------------------------------
 
@@ -104,9 +135,65 @@ class RedisEventBus(EventBus):
             client.close()
 
     def shutdown(self, timeout: float = 30.0) -> None:
-        """Stop a running consumer loop and close the connections."""
-        self.stop_consuming()
-        self.close()
+        """Stop the bus; wait up to ``timeout`` seconds for its threads; close the client.
+
+        Publishing and consuming raise ``EventBusError`` from now on. A running
+        ``start_consuming()`` loop returns after its current batch; queued background
+        events are sent. What is still queued when ``timeout`` has passed is dropped and
+        logged. Safe to call more than once, and from a handler.
+        """
+        deadline = time.monotonic() + timeout
+        with self._state:
+            already_closed, self._closed = self._closed, True
+            worker = self._worker
+            if worker is not None and not already_closed:
+                self._queue.put(None)
+        self._stop.set()
+        current = threading.current_thread()
+        if worker is not None and worker is not current:
+            worker.join(max(deadline - time.monotonic(), 0.0))
+            if worker.is_alive():
+                self._drop_pending = True
+                logger.warning(
+                    "Redis event bus shut down after %.1fs with %d background event(s) "
+                    "pending; the batch being sent finishes, the queued ones are dropped",
+                    timeout,
+                    self.get_stats().background_pending,
+                )
+        with self._state:
+            loops_ended = self._state.wait_for(
+                lambda: not self._loops - {current}, max(deadline - time.monotonic(), 0.0)
+            )
+            idle = not self._loops and self._worker is None
+        if not loops_ended:
+            logger.warning(
+                "Redis event bus shut down after %.1fs with a consumer loop still running; "
+                "it returns after its current batch",
+                timeout,
+            )
+        if idle:
+            self.close()
+
+    @property
+    def is_shut_down(self) -> bool:
+        """Whether ``shutdown()`` has been called."""
+        with self._state:
+            return self._closed
+
+    def _refuse_when_shut_down(self) -> None:
+        if self._closed:
+            raise EventBusError("The event bus has been shut down; it accepts no events")
+
+    def _finished(self, thread: threading.Thread) -> None:
+        """``thread`` no longer uses the client; after shutdown the last one closes it."""
+        with self._state:
+            self._loops.discard(thread)
+            if thread is self._worker:
+                self._worker = None
+            self._state.notify_all()
+            close = self._closed and not self._loops and self._worker is None
+        if close:
+            self.close()
 
     def get_stats(self) -> RedisEventBusStats:
         """A snapshot of the counters."""
@@ -117,36 +204,86 @@ class RedisEventBus(EventBus):
     def publish(self, events: Sequence[DomainEvent], background: bool = False) -> None:
         """Add ``events`` to the stream in order, in one pipelined round trip.
 
-        ``background`` is accepted for the interface and ignored: the call returns once
-        Redis has stored the events, which is what makes the outbox relay's "published"
-        mean something.
+        By default the call returns once Redis has stored the events (and raises
+        ``EventBusError`` when it cannot be reached), which is what makes the outbox
+        relay's "published" mean something. With ``background=True`` the events are
+        queued for the worker thread and the call returns at once. Raises
+        ``EventBusError`` once the bus has been shut down.
         """
+        if background:
+            self._enqueue([serialize_fields(event.to_dict()) for event in events])
+            return
         self.publish_serialized([event.to_dict() for event in events])
 
     def publish_serialized(self, events: Sequence[Mapping[str, Any]]) -> None:
         """Publish events given as ``to_dict()`` dicts (the outbox relay's path)."""
-        if not events:
+        self._refuse_when_shut_down()
+        if events:
+            self._add_entries([serialize_fields(event_data) for event_data in events])
+
+    async def apublish(self, events: Sequence[DomainEvent], background: bool = False) -> None:
+        if background:
+            self.publish(events, background=True)  # only queues: nothing to wait for
             return
+        await sync_to_async(self.publish, thread_sensitive=False)(events)
+
+    def _add_entries(self, entries: list[dict[str, str]]) -> None:
         cfg = self.config
         pipe = self.client.pipeline(transaction=False)
-        for event_data in events:
-            pipe.xadd(
-                cfg.stream_name,
-                serialize_fields(event_data),
-                maxlen=cfg.max_stream_length,
-                approximate=True,
-            )
+        for entry in entries:
+            pipe.xadd(cfg.stream_name, entry, maxlen=cfg.max_stream_length, approximate=True)
         with tracing.span(
-            "eventsource.redis.publish", {"event_count": len(events), "stream": cfg.stream_name}
+            "eventsource.redis.publish", {"event_count": len(entries), "stream": cfg.stream_name}
         ):
             try:
                 pipe.execute()
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 raise EventBusError(f"Redis is unavailable at {cfg.redis_url}: {exc}") from exc
-        self._stats.add(events_published=len(events))
+        self._stats.add(events_published=len(entries))
 
-    async def apublish(self, events: Sequence[DomainEvent], background: bool = False) -> None:
-        await sync_to_async(self.publish, thread_sensitive=False)(events, background)
+    def _enqueue(self, entries: list[dict[str, str]]) -> None:
+        with self._state:
+            self._refuse_when_shut_down()
+            if not entries:
+                return
+            if self._worker is None:
+                self._worker = threading.Thread(
+                    target=self._run_worker, name="eventsource-redis-publish", daemon=True
+                )
+                self._worker.start()
+            self._stats.add(background_pending=len(entries))
+            self._queue.put((entries, contextvars.copy_context()))
+
+    def _run_worker(self) -> None:
+        try:
+            while (batch := self._queue.get()) is not None:
+                entries, context = batch
+                try:
+                    if self._drop_pending:
+                        self._dropped(entries, "the bus was shut down before they were sent")
+                    else:
+                        # The caller's context, so the publish span joins the caller's trace.
+                        context.run(self._add_entries, entries)
+                except Exception as exc:  # the caller has moved on: log, count, carry on
+                    self._dropped(entries, str(exc), exc)
+                finally:
+                    self._stats.add(background_pending=-len(entries))
+        finally:
+            self._finished(threading.current_thread())
+
+    def _dropped(
+        self, entries: list[dict[str, str]], reason: str, error: Exception | None = None
+    ) -> None:
+        self._stats.add(background_dropped=len(entries))
+        stream = self.config.stream_name
+        logger.error(
+            "%d background event(s) were not published to %s: %s",
+            len(entries),
+            stream,
+            reason,
+            exc_info=error,
+            extra={"event_ids": [entry["event_id"] for entry in entries], "stream": stream},
+        )
 
     # -- subscriptions ----------------------------------------------------------------
 
@@ -195,6 +332,7 @@ class RedisEventBus(EventBus):
         ``block_ms`` waits up to that long for new messages (``None``: do not wait).
         Returns how many messages were handled (acknowledged or dead-lettered).
         """
+        self._refuse_when_shut_down()
         return self._consumer.consume_once(count, block_ms)
 
     def recover_pending(self, count: int | None = None) -> int:
@@ -203,6 +341,7 @@ class RedisEventBus(EventBus):
         This is how messages of a crashed consumer, or whose handler failed, get another
         delivery. Returns how many were handled (acknowledged or dead-lettered).
         """
+        self._refuse_when_shut_down()
         return self._consumer.recover_pending(count)
 
     def get_dead_letters(self, count: int = 100) -> list[tuple[str, dict[str, str]]]:
@@ -216,11 +355,20 @@ class RedisEventBus(EventBus):
         Redis goes away the loop waits with exponential backoff and carries on once it is
         back.
         """
-        self._consumer.run()
+        current = threading.current_thread()
+        with self._state:
+            # Checked and registered under the lock, so a shutdown cannot slip between.
+            self._refuse_when_shut_down()
+            self._stop.clear()
+            self._loops.add(current)
+        try:
+            self._consumer.run(self._stop)
+        finally:
+            self._finished(current)
 
     def stop_consuming(self) -> None:
         """Ask a running ``start_consuming()`` loop to return (within ``block_ms``)."""
-        self._consumer.stop()
+        self._stop.set()
 
     async def aconsume_once(self, count: int | None = None, block_ms: int | None = None) -> int:
         return await sync_to_async(self.consume_once, thread_sensitive=False)(count, block_ms)

@@ -57,7 +57,6 @@ class StreamConsumer:
         self._client = client
         self._handlers_for = handlers_for
         self._stats = stats
-        self._stop = threading.Event()
         self._group_ready = False
         self._last_recovery = 0.0
 
@@ -263,13 +262,12 @@ class StreamConsumer:
             for mid, f in self._client().xrange(self.config.dead_letter_stream, count=count)
         ]
 
-    def run(self) -> None:
-        """The consumer loop: until ``stop()``, through Redis outages."""
-        self._stop.clear()
+    def run(self, stop: threading.Event) -> None:
+        """The consumer loop: until ``stop`` is set, through Redis outages."""
         cfg = self.config
         recovery_every = min(max(cfg.claim_idle_ms / 2000, 0.05), 30.0)
         failures = 0
-        while not self._stop.is_set():
+        while not stop.is_set():
             try:
                 if time.monotonic() - self._last_recovery >= recovery_every:
                     self._last_recovery = time.monotonic()
@@ -284,15 +282,12 @@ class StreamConsumer:
                     failures, cfg.reconnect_backoff, cfg.reconnect_backoff_max
                 )
                 logger.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)
-                self._stop.wait(delay)
+                stop.wait(delay)
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
                 self._group_ready = False
                 logger.warning("Consumer group vanished; recreating it")
-
-    def stop(self) -> None:
-        self._stop.set()
 
 
 def _describe(error: BaseException) -> str:

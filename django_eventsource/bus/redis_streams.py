@@ -122,7 +122,13 @@ def connect(config: RedisEventBusConfig) -> Redis[str]:
 
 @dataclass(frozen=True)
 class RedisEventBusStats:
-    """Counters of one ``RedisEventBus`` since it was created."""
+    """Counters of one ``RedisEventBus`` since it was created.
+
+    ``events_published`` counts events Redis has stored. ``background_pending`` is the
+    number of events handed to ``publish(..., background=True)`` and not sent yet;
+    ``background_dropped`` those that never reached Redis (it refused them, or
+    ``shutdown`` ran out of time first).
+    """
 
     events_published: int = 0
     messages_received: int = 0
@@ -131,6 +137,8 @@ class RedisEventBusStats:
     messages_recovered: int = 0
     messages_dead_lettered: int = 0
     reconnections: int = 0
+    background_pending: int = 0
+    background_dropped: int = 0
 
 
 class StatsCounter:

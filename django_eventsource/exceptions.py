@@ -110,6 +110,13 @@ class InvalidEventError(EventStoreError, ValueError):
     """
 
 
+class InvalidReadOptionsError(EventStoreError, ValueError):
+    """``ReadOptions`` were given a value they cannot use (a negative limit, a naive datetime).
+
+    Raised when the options are built, before any read.
+    """
+
+
 class DuplicateEventIdError(EventStoreError):
     """An event id passed to ``append_events`` is already stored in another stream or position."""
 
@@ -189,6 +196,7 @@ __all__ = [
     "EventTypeNotFoundError",
     "EventVersionError",
     "InvalidEventError",
+    "InvalidReadOptionsError",
     "OptimisticLockError",
     "ProjectionError",
     "RedisNotAvailableError",

@@ -32,7 +32,7 @@ from ..events.serialization import StoredEventData
 if TYPE_CHECKING:
     from django.db.models import QuerySet
 
-    from ..models import OutboxMessage
+    from ..models import OutboxMessage, OutboxMessageQuerySet
 
 OutboxStatus = Literal["pending", "published", "failed"]
 
@@ -333,7 +333,7 @@ class DjangoOutboxRepository(OutboxRepository):
 
         return self._using or router.db_for_write(OutboxMessage)
 
-    def _rows(self) -> QuerySet[OutboxMessage]:
+    def _rows(self) -> OutboxMessageQuerySet:
         from ..models import OutboxMessage
 
         return OutboxMessage.objects.using(self.using)
@@ -345,11 +345,7 @@ class DjangoOutboxRepository(OutboxRepository):
         return int(self._rows().create(**_entry_values(event)).pk)
 
     def get_pending_events(self, limit: int = 100) -> list[OutboxEntry]:
-        from ..models import OutboxMessage
-
-        return self._entries(
-            self._rows().filter(status=OutboxMessage.Status.PENDING).order_by("id")[:limit]
-        )
+        return self._entries(self._rows().pending().order_by("id")[:limit])
 
     def get_entry(self, outbox_id: int) -> OutboxEntry | None:
         entries = self._entries(self._rows().filter(id=outbox_id))
@@ -359,45 +355,23 @@ class DjangoOutboxRepository(OutboxRepository):
         self.mark_published_many([outbox_id], now=timezone.now())
 
     def mark_failed(self, outbox_id: int, error: str) -> None:
-        from ..models import OutboxMessage
-
-        self._rows().filter(id=outbox_id).update(
-            status=OutboxMessage.Status.FAILED, last_error=error, claimed_by="", claimed_at=None
-        )
+        self._rows().filter(id=outbox_id).mark_failed(error)
 
     def increment_retry(self, outbox_id: int, error: str) -> None:
-        from django.db.models import F
-
-        self._rows().filter(id=outbox_id).update(retry_count=F("retry_count") + 1, last_error=error)
+        self._rows().filter(id=outbox_id).count_attempt(error)
 
     def cleanup_published(self, days: int = 7) -> int:
-        from ..models import OutboxMessage
-
         cutoff = timezone.now() - timedelta(days=days)
-        deleted, _ = (
-            self._rows()
-            .filter(status=OutboxMessage.Status.PUBLISHED, published_at__lt=cutoff)
-            .delete()
-        )
+        deleted, _ = self._rows().published_before(cutoff).delete()
         return deleted
 
     def get_stats(self) -> OutboxStats:
-        from django.db.models import Count, Min, Q
-
-        from ..models import OutboxMessage
-
-        status = OutboxMessage.Status
-        figures = self._rows().aggregate(
-            pending=Count("id", filter=Q(status=status.PENDING)),
-            published=Count("id", filter=Q(status=status.PUBLISHED)),
-            failed=Count("id", filter=Q(status=status.FAILED)),
-            oldest=Min("created_at", filter=Q(status=status.PENDING)),
-        )
+        figures = self._rows().status_summary()
         return OutboxStats(
             pending_count=figures["pending"],
             published_count=figures["published"],
             failed_count=figures["failed"],
-            oldest_pending=figures["oldest"],
+            oldest_pending=figures["oldest_pending"],
         )
 
     def claim_due(
@@ -709,7 +683,8 @@ class DjangoOutboxRepository(OutboxRepository):
         with transaction.atomic(using=self.using):
             counts = dict(
                 self._rows()
-                .filter(id__in=[f.id for f in failures], status=status.PENDING)
+                .pending()
+                .filter(id__in=[f.id for f in failures])
                 .select_for_update()
                 .values_list("id", "retry_count")
             )
@@ -732,26 +707,18 @@ class DjangoOutboxRepository(OutboxRepository):
                     )
                 )
             # One statement for the whole batch: a bus outage fails every row at once.
-            OutboxMessage.objects.using(self.using).bulk_update(updates, _FAILURE_FIELDS)
+            self._rows().bulk_update(updates, _FAILURE_FIELDS)
         return given_up
 
     def release(self, ids: Sequence[int]) -> None:
         if ids:
-            self._rows().filter(id__in=ids).update(claimed_by="", claimed_at=None)
+            self._rows().filter(id__in=ids).release()
 
     def retry_failed(self, ids: Sequence[int] | None = None) -> int:
-        from ..models import OutboxMessage
-
-        rows = self._rows().filter(status=OutboxMessage.Status.FAILED)
+        rows = self._rows().failed()
         if ids is not None:
             rows = rows.filter(id__in=list(ids))
-        return rows.update(
-            status=OutboxMessage.Status.PENDING,
-            retry_count=0,
-            next_attempt_at=None,
-            claimed_by="",
-            claimed_at=None,
-        )
+        return rows.requeue()
 
 
 # ---------------------------------------------------------------------------------------

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from datetime import timedelta
 from uuid import uuid4
 
 import pytest
+from django.db import NotSupportedError, connection
 from django.utils import timezone
 
 from django_eventsource import DjangoOutboxRepository, InMemoryOutboxRepository, OutboxRepository
@@ -168,3 +170,27 @@ def test_rows_behind_a_row_another_relay_is_claiming_are_left_for_later() -> Non
 
     assert [c.id for c in claimed] == [other]
     assert OutboxMessage.objects.get(pk=second).claimed_by == ""
+
+
+@pytest.mark.django_db
+def test_claiming_on_an_unsupported_database_names_the_vendor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    repo = DjangoOutboxRepository()
+    outbox_id = repo.add_event(account_history(deposits=0)[0])
+    monkeypatch.setattr(connection, "vendor", "mysql")
+
+    with pytest.raises(NotSupportedError, match=r"PostgreSQL and SQLite.*'mysql'"):
+        repo.claim_due("r", 10, now=timezone.now(), claim_timeout=60)
+    with pytest.raises(NotSupportedError, match=r"'mysql'"):
+        repo.mark_published(outbox_id)
+
+
+@pytest.mark.django_db
+def test_claiming_on_sqlite_before_3_35_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite-only test (suite runs on PostgreSQL)")
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 34, 1))
+
+    with pytest.raises(NotSupportedError, match=r"SQLite 3\.35 or later"):
+        DjangoOutboxRepository().claim_due("r", 10, now=timezone.now(), claim_timeout=60)

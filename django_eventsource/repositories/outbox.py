@@ -311,15 +311,26 @@ def _id_list(connection: Any, ids: Iterable[int]) -> tuple[str, Any]:
     return "id IN (SELECT value FROM json_each(%s))", json.dumps(list(ids))
 
 
+def _sql_string(value: str) -> str:
+    """``value`` as an SQL string literal.
+
+    The claim compares ``status`` with a literal, not a parameter: only then can the
+    planner see that the condition matches the partial indexes on pending rows
+    (SQLite refuses ``INDEXED BY`` otherwise, and a generic PostgreSQL plan skips them).
+    """
+    return "'" + value.replace("'", "''") + "'"
+
+
 class DjangoOutboxRepository(OutboxRepository):
     """Outbox rows in the ``eventsource_outbox`` table (``OutboxMessage``).
 
     ``using`` names the database; by default the router's write database for
-    ``OutboxMessage``. On PostgreSQL and SQLite (3.35+) a claim is one
-    ``UPDATE … RETURNING`` statement that picks, checks the per-aggregate order and
-    claims; on PostgreSQL the pick is ``FOR UPDATE SKIP LOCKED``, so concurrent relays
-    skip each other's rows instead of waiting, and SQLite runs one writing statement at a
-    time. Other backends select, then claim with a compare-and-set on ``claimed_at``.
+    ``OutboxMessage``. A claim is one ``UPDATE … RETURNING`` statement that picks, checks
+    the per-aggregate order and claims; on PostgreSQL the pick is
+    ``FOR UPDATE SKIP LOCKED``, so concurrent relays skip each other's rows instead of
+    waiting, and SQLite (3.35 or later) runs one writing statement at a time. Claiming
+    and ``mark_published_many`` support PostgreSQL and SQLite only and raise
+    ``django.db.NotSupportedError`` on other databases.
     """
 
     def __init__(self, using: str | None = None) -> None:
@@ -337,6 +348,25 @@ class DjangoOutboxRepository(OutboxRepository):
         from ..models import OutboxMessage
 
         return OutboxMessage.objects.using(self.using)
+
+    def _relay_connection(self) -> Any:
+        """The connection for the relay's SQL, once it is known to be one it is written for."""
+        import sqlite3
+
+        from django.db import NotSupportedError, connections
+
+        connection = connections[self.using]
+        if connection.vendor == "sqlite" and sqlite3.sqlite_version_info < (3, 35):
+            raise NotSupportedError(
+                "The outbox relay needs SQLite 3.35 or later (UPDATE … RETURNING); "
+                f"database {self.using!r} runs SQLite {sqlite3.sqlite_version}."
+            )
+        if connection.vendor not in ("postgresql", "sqlite"):
+            raise NotSupportedError(
+                "The outbox relay supports PostgreSQL and SQLite; database "
+                f"{self.using!r} is {connection.display_name} (vendor {connection.vendor!r})."
+            )
+        return connection
 
     def _entries(self, queryset: QuerySet[OutboxMessage]) -> list[OutboxEntry]:
         return [_to_entry(row) for row in queryset.values_list(*_ENTRY_FIELDS)]
@@ -383,70 +413,15 @@ class DjangoOutboxRepository(OutboxRepository):
         claim_timeout: float,
         exclude_ids: Iterable[int] = (),
     ) -> list[OutboxEntry]:
-        import sqlite3
-
-        from django.db import connections
-
+        connection = self._relay_connection()
         stale_before = now - timedelta(seconds=claim_timeout)
-        excluded = list(exclude_ids)
-        connection = connections[self.using]
-        if connection.vendor == "postgresql" or (
-            connection.vendor == "sqlite" and sqlite3.sqlite_version_info >= (3, 35)
-        ):
-            # UPDATE … RETURNING: the order check is part of the claiming statement.
-            return self._claim_in_one_statement(claimer, limit, now, stale_before, excluded)
-        claimed = self._claim_generic(claimer, limit, now, stale_before, excluded)
-        if not claimed:
-            return []
-        keep, dropped = self._in_aggregate_order(claimed)
-        if dropped:
-            self._rows().filter(id__in=dropped, claimed_by=claimer).update(
-                claimed_by="", claimed_at=None
-            )
-        return keep
-
-    def _in_aggregate_order(
-        self, claimed: list[OutboxEntry]
-    ) -> tuple[list[OutboxEntry], list[int]]:
-        """Split a claim into rows to publish and rows to give back.
-
-        Any pending earlier version outside this claim (being claimed by another relay at
-        this very moment, or simply not picked) must be published first, so our rows
-        behind it are given back. This runs as a new statement, so it sees every claim
-        committed since ours; a predecessor published in the meantime no longer blocks.
-        """
-        from django.db.models import Min
-
-        from ..models import OutboxMessage
-
-        ids = [entry.id for entry in claimed]
-        blockers = {
-            (row["aggregate_type"], row["aggregate_id"]): row["first"]
-            for row in self._rows()
-            .filter(
-                status=OutboxMessage.Status.PENDING,
-                aggregate_type__in={entry.aggregate_type for entry in claimed},
-                aggregate_id__in={entry.aggregate_id for entry in claimed},
-            )
-            .exclude(id__in=ids)
-            .values("aggregate_type", "aggregate_id")
-            .annotate(first=Min("aggregate_version"))
-            .order_by()
-        }
-        if not blockers:
-            return claimed, []
-        keep: list[OutboxEntry] = []
-        dropped: list[int] = []
-        for entry in claimed:
-            first = blockers.get((entry.aggregate_type, entry.aggregate_id))
-            if first is None or entry.aggregate_version < first:
-                keep.append(entry)
-            else:
-                dropped.append(entry.id)
-        return keep, dropped
+        return self._claim_in_one_statement(
+            connection, claimer, limit, now, stale_before, list(exclude_ids)
+        )
 
     def _claim_in_one_statement(
         self,
+        connection: Any,
         claimer: str,
         limit: int,
         now: datetime,
@@ -462,13 +437,11 @@ class DjangoOutboxRepository(OutboxRepository):
         check errs on the side of waiting). SQLite runs one writing statement at a time,
         so the statement sees every other claim either entirely or not at all.
         """
-        from django.db import connections
-
         from ..models import OutboxMessage
         from ..stores.sql import fast_read_cursor
 
-        connection = connections[self.using]
         postgresql = connection.vendor == "postgresql"
+        pending = _sql_string(OutboxMessage.Status.PENDING.value)
         qn = connection.ops.quote_name
         table = qn(OutboxMessage._meta.db_table)
         returned = [qn(name) for name in _ENTRY_FIELDS]
@@ -502,14 +475,15 @@ class DjangoOutboxRepository(OutboxRepository):
         # Predecessors that certainly cannot be claimed now (backing off, or held by a
         # live claim) rule their successors out of the pick, so a backlog behind one
         # stuck event does not fill every batch with rows that would only be given
-        # back. Identifiers come from the model; every value is a query parameter.
+        # back. Identifiers and the status come from the model; every value is a query
+        # parameter.
         sql = f"""
             WITH picked AS MATERIALIZED (
                 SELECT c.id, c.aggregate_type, c.aggregate_id, c.aggregate_version
                 FROM (
                     SELECT id, aggregate_type, aggregate_id, aggregate_version
                     FROM {pending_in_id_order}
-                    WHERE status = 'pending'
+                    WHERE status = {pending}
                       AND (next_attempt_at IS NULL OR next_attempt_at <= %s)
                       AND (claimed_at IS NULL OR claimed_at < %s)
                       AND {not_excluded}
@@ -518,7 +492,7 @@ class DjangoOutboxRepository(OutboxRepository):
                 ) AS c
                 WHERE NOT EXISTS (
                     SELECT 1 FROM {table} AS p
-                    WHERE p.status = 'pending'
+                    WHERE p.status = {pending}
                       AND p.aggregate_type = c.aggregate_type
                       AND p.aggregate_id = c.aggregate_id
                       AND p.aggregate_version < c.aggregate_version
@@ -533,7 +507,7 @@ class DjangoOutboxRepository(OutboxRepository):
                 SELECT k.id FROM picked AS k
                 WHERE EXISTS (
                     SELECT 1 FROM {table} AS p
-                    WHERE p.status = 'pending'
+                    WHERE p.status = {pending}
                       AND p.aggregate_type = k.aggregate_type
                       AND p.aggregate_id = k.aggregate_id
                       AND p.aggregate_version < k.aggregate_version
@@ -570,87 +544,26 @@ class DjangoOutboxRepository(OutboxRepository):
         entries.sort(key=_entry_id)
         return entries
 
-    def _claim_generic(
-        self,
-        claimer: str,
-        limit: int,
-        now: datetime,
-        stale_before: datetime,
-        excluded: list[int],
-    ) -> list[OutboxEntry]:
-        """Select then claim with a compare-and-set UPDATE (SQLite and other backends).
-
-        SQLite serializes writers, so two relays cannot both win a row; the conditional
-        UPDATE settles it on backends without row locks all the same.
-        """
-        from django.db import transaction
-        from django.db.models import Exists, OuterRef, Q
-
-        from ..models import OutboxMessage
-
-        rows = self._rows()
-        pending = OutboxMessage.Status.PENDING
-        unclaimed = Q(claimed_at__isnull=True) | Q(claimed_at__lt=stale_before)
-        held_predecessor = rows.filter(
-            status=pending,
-            aggregate_type=OuterRef("aggregate_type"),
-            aggregate_id=OuterRef("aggregate_id"),
-            aggregate_version__lt=OuterRef("aggregate_version"),
-        ).filter(Q(next_attempt_at__gt=now) | Q(claimed_at__gte=stale_before))
-        candidates = (
-            rows.filter(status=pending)
-            .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
-            .filter(unclaimed)
-            .filter(~Exists(held_predecessor))
-            .order_by("id")
-        )
-        if excluded:
-            candidates = candidates.exclude(id__in=excluded)
-        with transaction.atomic(using=self.using):
-            picked = [row[0] for row in candidates.values_list("id")[:limit]]
-            if not picked:
-                return []
-            rows.filter(id__in=picked, status=pending).filter(unclaimed).update(
-                claimed_by=claimer, claimed_at=now
-            )
-            return self._entries(
-                rows.filter(id__in=picked, claimed_by=claimer, claimed_at=now).order_by("id")
-            )
-
     def mark_published_many(self, ids: Sequence[int], *, now: datetime) -> int:
-        from django.db import connections
-
         from ..models import OutboxMessage
 
         if not ids:
             return 0
-        connection = connections[self.using]
-        if connection.vendor not in ("postgresql", "sqlite"):
-            published = OutboxMessage.Status.PUBLISHED
-            return (
-                self._rows()
-                .filter(id__in=ids)
-                .exclude(status=published)
-                .update(
-                    status=published,
-                    published_at=now,
-                    claimed_by="",
-                    claimed_at=None,
-                    next_attempt_at=None,
-                )
-            )
+        connection = self._relay_connection()
         # The id list travels as one parameter (an array, or JSON on SQLite): a batch
         # of hundreds of ids as separate placeholders costs more to build and parse
         # than the update itself.
         in_ids, ids_param = _id_list(connection, ids)
         table = connection.ops.quote_name(OutboxMessage._meta.db_table)
         sql = (
-            f"UPDATE {table} SET status = 'published', published_at = %s, claimed_by = '', "
+            f"UPDATE {table} SET status = %s, published_at = %s, claimed_by = '', "
             f"claimed_at = NULL, next_attempt_at = NULL "
-            f"WHERE {in_ids} AND status <> 'published'"
+            f"WHERE {in_ids} AND status <> %s"
         )
+        published = OutboxMessage.Status.PUBLISHED.value
+        params = [published, connection.ops.adapt_datetimefield_value(now), ids_param, published]
         with connection.cursor() as cursor:
-            cursor.execute(sql, [connection.ops.adapt_datetimefield_value(now), ids_param])
+            cursor.execute(sql, params)
             return int(cursor.rowcount)
 
     def mark_published_and_claim(

@@ -12,6 +12,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from ..models import OutboxMessage, OutboxMessageQuerySet
+from ..outbox.relay import retry_failed
 from ._common import ReadOnlyAdminMixin, preformatted, pretty_json
 
 if TYPE_CHECKING:
@@ -62,8 +63,6 @@ class OutboxMessageAdmin(ReadOnlyAdminMixin, _OutboxAdminBase):
 
     @admin.action(description=_("Retry selected messages now"), permissions=["change"])
     def retry_now(self, request: HttpRequest, queryset: OutboxMessageQuerySet) -> None:
-        from ..relay import retry_failed
-
         failed = list(queryset.failed().values_list("id", flat=True))
         # Pending rows waiting out a backoff become due now; a row a relay has already
         # claimed is left to that relay.

@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ..._runtime import stop_on_signals
 from ...exceptions import EventBusError
-from ...relay import RelayReport, publish_outbox
+from ...outbox.relay import RelayReport, publish_outbox
 
 
 class Command(BaseCommand):

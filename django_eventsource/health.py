@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Count, Min, Q
+from django.db.models import Count, Q
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -153,15 +153,12 @@ def get_health() -> HealthReport:
             f"{report.dead_letters_failed} dead letter(s) (limit {conf.HEALTH_MAX_DEAD_LETTERS})"
         )
 
-    outbox = OutboxMessage.objects.aggregate(
-        pending=Count("id", filter=Q(status=OutboxMessage.Status.PENDING)),
-        failed=Count("id", filter=Q(status=OutboxMessage.Status.FAILED)),
-        oldest=Min("created_at", filter=Q(status=OutboxMessage.Status.PENDING)),
-    )
+    outbox = OutboxMessage.objects.status_summary()
     report.outbox_pending = outbox["pending"]
     report.outbox_failed = outbox["failed"]
-    if outbox["oldest"] is not None:
-        report.outbox_oldest_pending_seconds = round((now - outbox["oldest"]).total_seconds(), 3)
+    if outbox["oldest_pending"] is not None:
+        oldest_pending = now - outbox["oldest_pending"]
+        report.outbox_oldest_pending_seconds = round(oldest_pending.total_seconds(), 3)
 
     for blocker in store.get_reader_blockers():
         report.readers_held_back.append(asdict(blocker))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any, Self
+
 from django.db import models
+from django.db.models import Count, F, Min, Q
 from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
@@ -134,6 +138,58 @@ class DeadLetter(models.Model):
         return f"{self.projection_name}: {self.event_type} {self.event_id} ({self.status})"
 
 
+class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
+    """The outbox rows the repository, the admin and the health report ask for."""
+
+    def pending(self) -> Self:
+        return self.filter(status=OutboxMessage.Status.PENDING)
+
+    def failed(self) -> Self:
+        return self.filter(status=OutboxMessage.Status.FAILED)
+
+    def published_before(self, cutoff: datetime) -> Self:
+        return self.filter(status=OutboxMessage.Status.PUBLISHED, published_at__lt=cutoff)
+
+    def unclaimed(self) -> Self:
+        """Rows no relay holds (a relay that holds a row publishes or releases it)."""
+        return self.filter(claimed_by="")
+
+    def release(self) -> int:
+        """Drop the relays' claims on these rows, counting no attempt."""
+        return self.update(claimed_by="", claimed_at=None)
+
+    def count_attempt(self, error: str) -> int:
+        """Count one failed attempt and record ``error``; the rows keep their status."""
+        return self.update(retry_count=F("retry_count") + 1, last_error=error)
+
+    def mark_failed(self, error: str) -> int:
+        """Give up on these rows: ``failed`` with ``error``, released, kept visible."""
+        return self.update(
+            status=OutboxMessage.Status.FAILED, last_error=error, claimed_by="", claimed_at=None
+        )
+
+    def requeue(self) -> int:
+        """Make these rows pending and due now, with their attempt count back at zero."""
+        return self.update(
+            status=OutboxMessage.Status.PENDING,
+            retry_count=0,
+            next_attempt_at=None,
+            claimed_by="",
+            claimed_at=None,
+        )
+
+    def status_summary(self) -> dict[str, Any]:
+        """``pending``, ``published`` and ``failed`` counts and ``oldest_pending`` (the
+        oldest pending row's ``created_at``, or ``None``), in one query."""
+        status = OutboxMessage.Status
+        return self.aggregate(
+            pending=Count("id", filter=Q(status=status.PENDING)),
+            published=Count("id", filter=Q(status=status.PUBLISHED)),
+            failed=Count("id", filter=Q(status=status.FAILED)),
+            oldest_pending=Min("created_at", filter=Q(status=status.PENDING)),
+        )
+
+
 class OutboxMessage(models.Model):
     """An event waiting to be published to the event bus (transactional outbox)."""
 
@@ -159,6 +215,8 @@ class OutboxMessage(models.Model):
     next_attempt_at = models.DateTimeField(_("next attempt at"), null=True, blank=True)
     claimed_by = models.CharField(_("claimed by"), max_length=255, blank=True, default="")
     claimed_at = models.DateTimeField(_("claimed at"), null=True, blank=True)
+
+    objects = OutboxMessageQuerySet.as_manager()
 
     class Meta:
         db_table = "eventsource_outbox"

@@ -70,7 +70,7 @@ def publish_outbox(batch_size: int | None = None) -> dict[str, int]:
 
     Several workers may run it at once: each claims different rows.
     """
-    from .relay import publish_outbox as publish
+    from .outbox.relay import publish_outbox as publish
 
     report = publish(once=True, batch_size=batch_size)
     return {

@@ -29,6 +29,7 @@ from ..events.base import DomainEvent
 from ..events.registry import EventRegistry, default_registry
 from ..exceptions import OptimisticLockError, SerializationError
 from ..models import EventRecord, OutboxMessage
+from ..outbox.rows import outbox_row_values
 from ._gaps import _GapState, _parse_blockers
 from .interface import (
     AppendResult,
@@ -165,19 +166,7 @@ class DjangoEventStore(EventStore):
             last_position = self._insert(conn, cursor, events)
         if self._outbox_enabled():
             OutboxMessage.objects.using(alias).bulk_create(
-                [
-                    OutboxMessage(
-                        event_id=e.event_id,
-                        event_type=e.event_type,
-                        aggregate_id=e.aggregate_id,
-                        aggregate_type=e.aggregate_type,
-                        aggregate_version=e.aggregate_version,
-                        tenant_id=e.tenant_id,
-                        event_data=e.to_dict(),
-                        status=OutboxMessage.Status.PENDING,
-                    )
-                    for e in events
-                ]
+                [OutboxMessage(**outbox_row_values(e)) for e in events]
             )
         return AppendResult.successful(events[-1].aggregate_version, last_position)
 

@@ -8,11 +8,11 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from ..._runtime import stop_on_signals
 from ...bus import get_event_bus
 from ...bus.consumers import attach_handlers
 from ...bus.redis import REDIS_AVAILABLE, RedisEventBus, RedisEventBusConfig
 from ...conf import conf
-from .publish_outbox import install_signal_handlers
 
 
 class Command(BaseCommand):
@@ -58,7 +58,6 @@ class Command(BaseCommand):
                         self.stdout.write(f"handled {handled} message(s)")
             else:
                 stop_event = threading.Event()
-                restore = install_signal_handlers(stop_event)
 
                 def stop_when_signalled() -> None:
                     stop_event.wait()
@@ -70,11 +69,11 @@ class Command(BaseCommand):
                     daemon=True,
                 )
                 watcher.start()
-                try:
-                    bus.start_consuming()
-                finally:
-                    stop_event.set()
-                    restore()
+                with stop_on_signals(stop_event):
+                    try:
+                        bus.start_consuming()
+                    finally:
+                        stop_event.set()
         finally:
             bus.close()
         stats = bus.get_stats()

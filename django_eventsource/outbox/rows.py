@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal
 from uuid import UUID
 
-from ..events.base import DomainEvent
+from ..events.serialization import OutboxRowValues, outbox_row_values
 
 #: The values of ``OutboxMessage.Status`` (``django_eventsource.models``), which is the
 #: spelling Django code uses; a test keeps the two in step. The constants below serve
@@ -68,37 +68,6 @@ class OutboxFailure:
     id: int
     error: str
     next_attempt_at: datetime
-
-
-class OutboxRowValues(TypedDict):
-    """The columns of a new outbox row that come from its event."""
-
-    event_id: UUID
-    event_type: str
-    aggregate_id: UUID
-    aggregate_type: str
-    aggregate_version: int
-    tenant_id: UUID | None
-    event_data: dict[str, Any]
-
-
-def outbox_row_values(event: DomainEvent) -> OutboxRowValues:
-    """The values of the outbox row for ``event``.
-
-    Every writer of outbox rows (the event store's append, both repositories'
-    ``add_event``) builds them here, so a row looks the same whichever path wrote it.
-    The status, bookkeeping columns and ``created_at`` keep their defaults: a new row is
-    pending and due at once.
-    """
-    return {
-        "event_id": event.event_id,
-        "event_type": event.event_type,
-        "aggregate_id": event.aggregate_id,
-        "aggregate_type": event.aggregate_type,
-        "aggregate_version": event.aggregate_version,
-        "tenant_id": event.tenant_id,
-        "event_data": event.to_dict(),
-    }
 
 
 __all__ = [

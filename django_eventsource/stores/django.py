@@ -27,9 +27,9 @@ from .. import tracing
 from ..conf import conf
 from ..events.base import DomainEvent
 from ..events.registry import EventRegistry, default_registry
+from ..events.serialization import outbox_row_values
 from ..exceptions import OptimisticLockError, SerializationError
 from ..models import EventRecord, OutboxMessage
-from ..outbox.rows import outbox_row_values
 from ._gaps import _GapState, _parse_blockers
 from .interface import (
     AppendResult,

@@ -99,13 +99,8 @@ def get_health() -> HealthReport:
     )
 
     checkpoints = {c.projection_name: c for c in Checkpoint.objects.all()}
-    dead_by_projection = dict(
-        DeadLetter.objects.filter(status=DeadLetter.Status.FAILED)
-        .order_by()
-        .values_list("projection_name")
-        .annotate(n=Count("id"))
-        .values_list("projection_name", "n")
-    )
+    failed = DeadLetter.objects.failed().per_projection()
+    dead_by_projection = {row["projection_name"]: row["failures"] for row in failed}
     names = list(dict.fromkeys([*_projection_names(), *checkpoints, *dead_by_projection]))
     for name in names:
         checkpoint = checkpoints.get(name)
@@ -142,10 +137,7 @@ def get_health() -> HealthReport:
                 f"(limit {conf.HEALTH_MAX_LAG_SECONDS}s)"
             )
 
-    dlq = DeadLetter.objects.aggregate(
-        failed=Count("id", filter=Q(status=DeadLetter.Status.FAILED)),
-        retrying=Count("id", filter=Q(status=DeadLetter.Status.RETRYING)),
-    )
+    dlq = DeadLetter.objects.status_summary()
     report.dead_letters_failed = dlq["failed"]
     report.dead_letters_retrying = dlq["retrying"]
     if report.dead_letters_failed > conf.HEALTH_MAX_DEAD_LETTERS:

@@ -17,17 +17,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from asgiref.sync import async_to_sync
 
 from ..context import event_context
 from ..events.base import DomainEvent
 from ..events.handlers import collect_handlers, find_handler_name
-
-if TYPE_CHECKING:
-    from ..repositories.checkpoint import CheckpointRepository
-    from ..repositories.dlq import DLQRepository
+from .checkpoints import CheckpointRepository, InMemoryCheckpointRepository
+from .dead_letters import DLQRepository, InMemoryDLQRepository
 
 logger = logging.getLogger("django_eventsource")
 
@@ -232,9 +230,6 @@ class CheckpointTrackingProjection(DeclarativeProjection):
         dlq_repo: DLQRepository | None = None,
         retry_policy: RetryPolicy | None = None,
     ) -> None:
-        from ..repositories.checkpoint import InMemoryCheckpointRepository
-        from ..repositories.dlq import InMemoryDLQRepository
-
         self.checkpoint_repo = checkpoint_repo or InMemoryCheckpointRepository()
         self.dlq_repo = dlq_repo or InMemoryDLQRepository()
         self._retry_policy = retry_policy

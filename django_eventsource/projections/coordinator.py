@@ -12,16 +12,14 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..events.base import DomainEvent
 from ..exceptions import ProjectionError
+from ..stores.interface import EventStore, ReadOptions
 from .base import Projection, apply_with_retries, run_to_completion
-
-if TYPE_CHECKING:
-    from ..repositories.checkpoint import CheckpointRepository
-    from ..repositories.dlq import DLQRepository
-    from ..stores.interface import EventStore
+from .checkpoints import CheckpointRepository, InMemoryCheckpointRepository
+from .dead_letters import DLQRepository, InMemoryDLQRepository
 
 logger = logging.getLogger("django_eventsource")
 
@@ -135,9 +133,6 @@ class ProjectionCoordinator:
         dlq_repo: DLQRepository | None = None,
         batch_size: int = 500,
     ) -> None:
-        from ..repositories.checkpoint import InMemoryCheckpointRepository
-        from ..repositories.dlq import InMemoryDLQRepository
-
         self.registry = registry
         self.event_store = event_store
         self.checkpoint_repo = checkpoint_repo or InMemoryCheckpointRepository(event_store)
@@ -181,8 +176,6 @@ class ProjectionCoordinator:
         return report
 
     def _catch_up_one(self, projection: Projection) -> int:
-        from ..stores.interface import ReadOptions
-
         total = 0
         while True:
             position = self.checkpoint_repo.get_position(projection.name)

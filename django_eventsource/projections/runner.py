@@ -50,10 +50,10 @@ from ..conf import conf
 from ..context import event_context
 from ..events.registry import default_registry
 from ..exceptions import EventSourceError, EventTypeNotFoundError
-from ..repositories.checkpoint import DjangoCheckpointRepository
-from ..repositories.dlq import DjangoDLQRepository
 from ..stores.interface import ReadOptions, StoredEvent
 from .base import Projection, RetryPolicy, apply_with_retries
+from .django_checkpoints import DjangoCheckpointRepository
+from .django_dead_letters import DjangoDLQRepository
 
 if TYPE_CHECKING:
     from ..stores.interface import EventStore

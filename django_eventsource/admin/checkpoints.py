@@ -16,6 +16,7 @@ from django.utils.translation import gettext_lazy as _
 
 from ..exceptions import EventSourceError
 from ..models import Checkpoint, EventRecord
+from ..projections.maintenance import reset_projection
 from ._common import ReadOnlyAdminMixin
 
 if TYPE_CHECKING:
@@ -90,8 +91,6 @@ class CheckpointAdmin(ReadOnlyAdminMixin, _CheckpointAdminBase):
             return TemplateResponse(
                 request, "admin/django_eventsource/checkpoint/reset_confirmation.html", context
             )
-
-        from ..projections.runner import reset_projection
 
         done: list[str] = []
         for name in names:

@@ -14,6 +14,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from ..models import DeadLetter, DeadLetterQuerySet
+from ..projections.maintenance import retry_dead_letters
 from ._common import ReadOnlyAdminMixin, preformatted, pretty_json
 
 if TYPE_CHECKING:
@@ -98,8 +99,6 @@ class DeadLetterAdmin(ReadOnlyAdminMixin, _DeadLetterAdminBase):
 
     @admin.action(description=_("Retry selected dead letters"), permissions=["change"])
     def retry_selected(self, request: HttpRequest, queryset: DeadLetterQuerySet) -> None:
-        from ..projections.runner import retry_dead_letters
-
         ids = list(queryset.open().values_list("id", flat=True))
         if not ids:
             self.message_user(request, _("No unresolved dead letter selected."), messages.WARNING)

@@ -74,6 +74,15 @@ class DjangoDLQRepository(DLQRepository):
             rows = rows.filter(status=status)
         return [_to_entry(row) for row in rows[:limit]]
 
+    def get_open_events(
+        self, projection_name: str | None = None, limit: int = 100
+    ) -> list[DLQEntry]:
+        """Entries not resolved yet (failed, or retrying), oldest first."""
+        rows = DeadLetter.objects.using(self.db).open().order_by("id")
+        if projection_name is not None:
+            rows = rows.for_projection(projection_name)
+        return [_to_entry(row) for row in rows[:limit]]
+
     def get_failed_event_by_id(self, dlq_id: int) -> DLQEntry | None:
         row = DeadLetter.objects.using(self.db).filter(pk=dlq_id).first()
         return _to_entry(row) if row else None

@@ -9,7 +9,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ...projections.runner import UnknownProjectionError, run_projections
+from ...exceptions import UnknownProjectionError
+from ...projections.runner import run_projections
 
 
 class Command(BaseCommand):

@@ -23,7 +23,8 @@ from django_eventsource import (
 )
 from django_eventsource.bus import get_event_bus
 from django_eventsource.conf import conf
-from django_eventsource.projections.runner import retry_dead_letters, run_projections
+from django_eventsource.projections.maintenance import retry_dead_letters
+from django_eventsource.projections.runner import run_projections
 from django_eventsource.relay import publish_outbox
 
 from ...domain import Order

@@ -14,10 +14,11 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from .._runtime import run_to_completion
 from ..events.base import DomainEvent
 from ..exceptions import ProjectionError
 from ..stores.interface import EventStore, ReadOptions
-from .base import Projection, apply_with_retries, run_to_completion
+from .base import Projection, apply_with_retries
 from .checkpoints import CheckpointRepository, InMemoryCheckpointRepository
 from .dead_letters import DLQRepository, InMemoryDLQRepository
 

@@ -9,11 +9,8 @@ skips it until it is free.
 from __future__ import annotations
 
 import hashlib
-import os
-import socket
 import threading
 import time
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +21,7 @@ from django.db import connections
 from django.db.models import Q
 from django.utils import timezone
 
+from .._runtime import worker_id, worker_is_gone
 from ..conf import conf
 from ..exceptions import ProjectionBusyError
 from ..models import Checkpoint
@@ -137,13 +135,13 @@ class Leases(Exclusivity):
     def __init__(self, using: str) -> None:
         self.using = using
         self.held = set()
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = worker_id()
 
     def acquire(self, name: str) -> bool:
         Checkpoint.objects.using(self.using).ensure(name)
         now = timezone.now()
         rows = Checkpoint.objects.using(self.using).for_projection(name)
-        expires = now + timedelta(seconds=float(conf.PROJECTION_LEASE_SECONDS))
+        expires = now + timedelta(seconds=conf.PROJECTION_LEASE_SECONDS)
         available = (
             Q(lease_owner="")
             | Q(lease_owner=self.owner)
@@ -153,7 +151,7 @@ class Leases(Exclusivity):
         taken = rows.filter(available).update(lease_owner=self.owner, lease_expires_at=expires)
         if not taken:
             current = rows.values_list("lease_owner", flat=True).first() or ""
-            if _owner_is_dead(current):
+            if worker_is_gone(current):
                 taken = rows.filter(lease_owner=current).update(
                     lease_owner=self.owner, lease_expires_at=expires
                 )
@@ -168,21 +166,6 @@ class Leases(Exclusivity):
         Checkpoint.objects.using(self.using).for_projection(name).filter(
             lease_owner=self.owner
         ).update(lease_owner="", lease_expires_at=None)
-
-
-def _owner_is_dead(owner: str) -> bool:
-    """Whether a lease owner ``host:pid:token`` is a process of this host that has exited."""
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def exclusivity_for(using: str, listen: bool) -> Exclusivity:

@@ -22,6 +22,7 @@ from django.db import (
 )
 from django.utils.module_loading import import_string
 
+from .._runtime import full_jitter_delay
 from ..conf import conf
 from ..exceptions import UnknownProjectionError
 from ..models import Checkpoint
@@ -96,7 +97,7 @@ def batch_context(
     return BatchContext(
         store=store or default_event_store(),
         using=using,
-        batch_size=int(batch_size or conf.PROJECTION_BATCH_SIZE),
+        batch_size=batch_size or conf.PROJECTION_BATCH_SIZE,
         checkpoints=DjangoCheckpointRepository(using),
         dead_letters=DjangoDLQRepository(using),
     )
@@ -171,7 +172,7 @@ def run_projections(
     """
     projections = load_projections(names)
     stop_event = stop_event or threading.Event()
-    interval = float(conf.POLL_INTERVAL if poll_interval is None else poll_interval)
+    interval = conf.POLL_INTERVAL if poll_interval is None else float(poll_interval)
     using = checkpoint_db()
     ctx = batch_context(using, store, batch_size)
     summary = RunSummary(processed={p.name: 0 for p in projections})
@@ -201,7 +202,9 @@ def run_projections(
                 if once:
                     raise
                 failures += 1
-                delay = min(max(interval, 0.1) * 2**failures, 30.0)
+                # Jittered, so runners that lost the same database do not all come back
+                # at once; the ceiling doubles from twice the poll interval up to 30 s.
+                delay = full_jitter_delay(failures, base=2 * max(interval, 0.1), cap=30.0)
                 logger.warning(
                     "Database unavailable (%s); retrying in %.1fs",
                     exc,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any, Self
 from uuid import UUID
 
 from django.db import IntegrityError, models, transaction
-from django.db.models import Count, F, Max, Min, Q
-from django.db.models.functions import Now
+from django.db.models import Count, F, Max, Min, OuterRef, Q, Subquery
+from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -105,6 +106,49 @@ class CheckpointQuerySet(models.QuerySet["Checkpoint"]):
             last_processed_at=None,
         )
 
+    def with_lag(self, event_types: Collection[str] | None = None) -> Self:
+        """Each checkpoint with the facts its lag is read from (see ``Checkpoint.lag_events``).
+
+        ``head_position`` and ``head_event_id`` describe the newest stored event and
+        ``oldest_unread_at`` is the ``recorded_at`` of the oldest event after the
+        checkpoint (``None`` when it is caught up), counting only ``event_types`` when
+        given. Each is an index lookup in a subquery, so any number of checkpoints
+        costs one query.
+        """
+        head, unread = self._lag_sources(OuterRef("position"), event_types)
+        return self.annotate(
+            head_position=Coalesce(Subquery(head.values("position")[:1]), 0),
+            head_event_id=Subquery(head.values("event_id")[:1]),
+            oldest_unread_at=Subquery(unread.values("recorded_at")[:1]),
+        )
+
+    def not_started(
+        self, projection_name: str, event_types: Collection[str] | None = None
+    ) -> Checkpoint:
+        """An unsaved position-0 checkpoint of a projection that never ran, as ``with_lag()``
+        gives it: such a projection is behind by every stored event."""
+        head, unread = self._lag_sources(0, event_types)
+        newest = head.using(self.db).values_list("position", "event_id").first()
+        checkpoint = self.model(projection_name=projection_name)
+        checkpoint.head_position, checkpoint.head_event_id = newest or (0, None)
+        checkpoint.oldest_unread_at = (
+            unread.using(self.db).values_list("recorded_at", flat=True).first()
+        )
+        return checkpoint
+
+    @staticmethod
+    def _lag_sources(
+        position: OuterRef | int, event_types: Collection[str] | None
+    ) -> tuple[models.QuerySet[EventRecord], models.QuerySet[EventRecord]]:
+        """The newest events first, and the events after ``position`` oldest first."""
+        events = EventRecord.objects.all()
+        if event_types is not None:
+            events = events.filter(event_type__in=event_types)
+        return (
+            events.order_by("-position"),
+            events.filter(position__gt=position).order_by("position"),
+        )
+
 
 class Checkpoint(models.Model):
     """How far a projection has read: the last processed global position."""
@@ -130,6 +174,11 @@ class Checkpoint(models.Model):
 
     objects = CheckpointQuerySet.as_manager()
 
+    # Set on the rows of CheckpointQuerySet.with_lag() and not_started().
+    head_position: int
+    head_event_id: UUID | None
+    oldest_unread_at: datetime | None
+
     class Meta:
         db_table = "eventsource_checkpoint"
         verbose_name = _("checkpoint")
@@ -138,6 +187,21 @@ class Checkpoint(models.Model):
 
     def __str__(self) -> str:
         return f"{self.projection_name} @ {self.position}"
+
+    @property
+    def lag_events(self) -> int:
+        """Positions between the checkpoint and the newest stored event (``with_lag()`` rows).
+
+        Positions left unused by rolled-back transactions count too, so it is an upper
+        bound; it costs no count of the events.
+        """
+        return max(self.head_position - self.position, 0)
+
+    def lag_seconds(self, now: datetime | None = None) -> float:
+        """Age of the oldest event the projection has not processed (0.0 when caught up)."""
+        if self.oldest_unread_at is None:
+            return 0.0
+        return max(((now or timezone.now()) - self.oldest_unread_at).total_seconds(), 0.0)
 
 
 class DeadLetterQuerySet(models.QuerySet["DeadLetter"]):

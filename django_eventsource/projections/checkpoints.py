@@ -35,8 +35,10 @@ class CheckpointData:
 class LagMetrics:
     """How far a projection is behind the newest stored event.
 
-    ``lag_events`` counts the (matching) events stored after the checkpoint;
-    ``lag_seconds`` is the age of the oldest of them (0 when caught up).
+    ``lag_events`` is the distance in global positions from the checkpoint to the newest
+    (matching) event: positions left unused by rolled-back transactions count too, so it
+    is an upper bound that costs no count. ``lag_seconds`` is the age of the oldest
+    (matching) event after the checkpoint (0 when caught up).
     """
 
     projection_name: str
@@ -141,15 +143,15 @@ class InMemoryCheckpointRepository(CheckpointRepository):
         lag_events = 0
         lag_seconds = 0.0
         if self._event_store is not None:
-            pending = [
-                stored
-                for stored in self._event_store.read_all(ReadOptions(from_position=data.position))
-                if event_types is None or stored.event_type in event_types
-            ]
-            if pending:
-                latest_event_id = pending[-1].event_id
-                lag_events = len(pending)
-                lag_seconds = (datetime.now(UTC) - pending[0].stored_at).total_seconds()
+            oldest = newest = None
+            for stored in self._event_store.read_all(ReadOptions(from_position=data.position)):
+                if event_types is None or stored.event_type in event_types:
+                    oldest = oldest or stored
+                    newest = stored
+            if oldest is not None and newest is not None:
+                latest_event_id = newest.event_id
+                lag_events = newest.global_position - data.position
+                lag_seconds = (datetime.now(UTC) - oldest.stored_at).total_seconds()
         return LagMetrics(
             projection_name=projection_name,
             last_event_id=data.last_event_id,

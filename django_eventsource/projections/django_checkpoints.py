@@ -7,7 +7,7 @@ from uuid import UUID
 from django.db import IntegrityError, router, transaction
 from django.utils import timezone
 
-from ..models import Checkpoint, EventRecord
+from ..models import Checkpoint
 from .checkpoints import CheckpointData, CheckpointRepository, LagMetrics
 
 
@@ -71,29 +71,22 @@ class DjangoCheckpointRepository(CheckpointRepository):
     def get_lag_metrics(
         self, projection_name: str, event_types: list[str] | None = None
     ) -> LagMetrics | None:
-        data = self.get_checkpoint_data(projection_name)
-        if data is None:
-            return None
-        events = EventRecord.objects.using(self.db)
-        if event_types is not None:
-            events = events.filter(event_type__in=event_types)
-        pending = events.filter(position__gt=data.position)
-        latest = events.order_by("-position").values_list("event_id", flat=True).first()
-        oldest_recorded = pending.order_by("position").values_list("recorded_at", flat=True).first()
-        lag_events = pending.count() if oldest_recorded is not None else 0
-        lag_seconds = (
-            max((timezone.now() - oldest_recorded).total_seconds(), 0.0)
-            if oldest_recorded is not None
-            else 0.0
+        row = (
+            Checkpoint.objects.using(self.db)
+            .for_projection(projection_name)
+            .with_lag(event_types)
+            .first()
         )
+        if row is None or not _has_run(row):
+            return None
         return LagMetrics(
             projection_name=projection_name,
-            last_event_id=data.last_event_id,
-            latest_event_id=latest,
-            lag_seconds=lag_seconds,
-            events_processed=data.events_processed,
-            last_processed_at=data.last_processed_at,
-            lag_events=lag_events,
+            last_event_id=row.last_event_id,
+            latest_event_id=row.head_event_id,
+            lag_seconds=row.lag_seconds(),
+            events_processed=row.events_processed,
+            last_processed_at=row.last_processed_at,
+            lag_events=row.lag_events,
         )
 
     def reset_checkpoint(self, projection_name: str) -> None:

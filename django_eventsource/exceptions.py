@@ -137,6 +137,22 @@ class CheckpointError(EventSourceError):
     """A checkpoint operation failed."""
 
 
+class UnknownProjectionError(EventSourceError, LookupError):
+    """A projection name that ``EVENTSOURCE_PROJECTIONS`` does not configure."""
+
+    def __init__(self, unknown: list[str], configured: list[str]) -> None:
+        self.unknown = unknown
+        self.configured = configured
+        listed = ", ".join(configured) if configured else "none (EVENTSOURCE_PROJECTIONS is empty)"
+        super().__init__(
+            f"Unknown projection {', '.join(map(repr, unknown))}; configured: {listed}"
+        )
+
+
+class ProjectionBusyError(EventSourceError):
+    """Another process is running the projection (it holds the lock or the lease)."""
+
+
 class SerializationError(EventSourceError):
     """An event could not be serialized or deserialized (payload no longer validates)."""
 
@@ -198,9 +214,11 @@ __all__ = [
     "InvalidEventError",
     "InvalidReadOptionsError",
     "OptimisticLockError",
+    "ProjectionBusyError",
     "ProjectionError",
     "RedisNotAvailableError",
     "SerializationError",
     "UnhandledEventError",
+    "UnknownProjectionError",
     "UpcastError",
 ]

@@ -54,7 +54,7 @@ def retry_dead_letters(
     projection: str | None = None, ids: list[int] | None = None
 ) -> dict[str, Any]:
     """Retry dead-lettered events (``retry_dead_letters`` command)."""
-    from .projections.runner import retry_dead_letters as retry
+    from .projections.maintenance import retry_dead_letters as retry
 
     report = retry(projection=projection, ids=ids, resolved_by="celery:retry_dead_letters")
     return {

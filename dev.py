@@ -3,6 +3,7 @@
 
     python3 dev.py demo    # set up .venv, migrate the example project (SQLite), run the demo
     python3 dev.py test    # set up .venv, run the test suite on SQLite, then on PostgreSQL
+    python3 dev.py test --quick   # the same without the slow tests (CI runs everything)
     python3 dev.py check   # ruff, mypy --strict, makemigrations --check, mkdocs build --strict
 
 The first run creates ``.venv`` and installs the project with its ``dev`` extra; later
@@ -14,6 +15,9 @@ runs reuse it until ``pyproject.toml`` changes.
 On PostgreSQL the tests of the app's own SQL then run once more with Django's
 ``server_side_binding`` and prepared statements. Extra arguments are passed to pytest
 (and skip that extra pass): ``python3 dev.py test -k outbox -x``.
+
+This is one row of the supported matrix (this interpreter and its Django, both
+databases); ``tox.ini`` names the whole matrix: Python x Django x database.
 """
 
 from __future__ import annotations
@@ -88,6 +92,8 @@ SERVER_SIDE_BINDING_TESTS = [
 
 def test(args: list[str]) -> None:
     ensure_venv()
+    if "--quick" in args:
+        args = ["-m", "not slow", *(a for a in args if a != "--quick")]
     require = os.environ.get("EVENTSOURCE_REQUIRE_SERVICES") == "1"
     pg_host = os.environ.get("EVENTSOURCE_TEST_PG_HOST", "127.0.0.1")
     pg_port = int(os.environ.get("EVENTSOURCE_TEST_PG_PORT", "5432"))

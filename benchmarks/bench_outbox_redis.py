@@ -90,7 +90,7 @@ def run(backend: str) -> None:
 
     from django_eventsource.bus.redis import RedisEventBus, RedisEventBusConfig, serialize_fields
     from django_eventsource.models import OutboxMessage
-    from django_eventsource.relay import publish_outbox
+    from django_eventsource.outbox.relay import publish_outbox
 
     _save_events()
     prefix = f"bench-{uuid4().hex}"

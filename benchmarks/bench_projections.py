@@ -88,7 +88,8 @@ def store_read_seconds() -> tuple[int, float]:
 def catch_up_seconds(path: str, name: str) -> tuple[int, float]:
     from django.test.utils import override_settings
 
-    from django_eventsource.projections.runner import reset_projection, run_projections
+    from django_eventsource.projections.maintenance import reset_projection
+    from django_eventsource.projections.runner import run_projections
 
     with override_settings(EVENTSOURCE_PROJECTIONS=[path]):
         reset_projection(name)

@@ -110,6 +110,13 @@ class InvalidEventError(EventStoreError, ValueError):
     """
 
 
+class InvalidReadOptionsError(EventStoreError, ValueError):
+    """``ReadOptions`` were given a value they cannot use (a negative limit, a naive datetime).
+
+    Raised when the options are built, before any read.
+    """
+
+
 class DuplicateEventIdError(EventStoreError):
     """An event id passed to ``append_events`` is already stored in another stream or position."""
 
@@ -128,6 +135,22 @@ class EventBusError(EventSourceError):
 
 class CheckpointError(EventSourceError):
     """A checkpoint operation failed."""
+
+
+class UnknownProjectionError(EventSourceError, LookupError):
+    """A projection name that ``EVENTSOURCE_PROJECTIONS`` does not configure."""
+
+    def __init__(self, unknown: list[str], configured: list[str]) -> None:
+        self.unknown = unknown
+        self.configured = configured
+        listed = ", ".join(configured) if configured else "none (EVENTSOURCE_PROJECTIONS is empty)"
+        super().__init__(
+            f"Unknown projection {', '.join(map(repr, unknown))}; configured: {listed}"
+        )
+
+
+class ProjectionBusyError(EventSourceError):
+    """Another process is running the projection (it holds the lock or the lease)."""
 
 
 class SerializationError(EventSourceError):
@@ -189,10 +212,13 @@ __all__ = [
     "EventTypeNotFoundError",
     "EventVersionError",
     "InvalidEventError",
+    "InvalidReadOptionsError",
     "OptimisticLockError",
+    "ProjectionBusyError",
     "ProjectionError",
     "RedisNotAvailableError",
     "SerializationError",
     "UnhandledEventError",
+    "UnknownProjectionError",
     "UpcastError",
 ]

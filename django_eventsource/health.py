@@ -10,28 +10,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Count, Min, Q
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from .conf import conf
-
-
-@dataclass
-class ProjectionHealth:
-    """Where one projection stands: its checkpoint, how far behind it is, its dead letters.
-
-    ``lag_events`` counts global positions between the checkpoint and the newest event;
-    ``lag_seconds`` is the age of the oldest event the projection has not processed yet
-    (0 when it is caught up). ``dead_letters`` counts its entries in status "failed".
-    """
-
-    name: str
-    position: int
-    lag_events: int
-    lag_seconds: float
-    dead_letters: int
-    last_processed_at: datetime | None
+from .models import Checkpoint, DeadLetter, OutboxMessage
+from .projections.coordinator import ProjectionHealth
+from .stores.django import DjangoEventStore
 
 
 @dataclass
@@ -87,9 +72,6 @@ def _projection_names() -> list[str]:
 
 def get_health() -> HealthReport:
     """Collect the current health figures and evaluate the thresholds."""
-    from .models import Checkpoint, DeadLetter, EventRecord, OutboxMessage
-    from .stores.django import DjangoEventStore
-
     now = timezone.now()
     store = DjangoEventStore()
     global_position = store.get_global_position()
@@ -98,37 +80,23 @@ def get_health() -> HealthReport:
         healthy=True, checked_at=now, global_position=global_position, safe_high_water_mark=hwm
     )
 
-    checkpoints = {c.projection_name: c for c in Checkpoint.objects.all()}
-    dead_by_projection = dict(
-        DeadLetter.objects.filter(status=DeadLetter.Status.FAILED)
-        .order_by()
-        .values_list("projection_name")
-        .annotate(n=Count("id"))
-        .values_list("projection_name", "n")
-    )
+    checkpoints = {c.projection_name: c for c in Checkpoint.objects.with_lag()}
+    failed = DeadLetter.objects.failed().per_projection()
+    dead_by_projection = {row["projection_name"]: row["failures"] for row in failed}
     names = list(dict.fromkeys([*_projection_names(), *checkpoints, *dead_by_projection]))
     for name in names:
-        checkpoint = checkpoints.get(name)
-        position = checkpoint.position if checkpoint else 0
-        lag_events = max(global_position - position, 0)
-        lag_seconds = 0.0
-        if lag_events:
-            oldest = (
-                EventRecord.objects.filter(position__gt=position)
-                .order_by("position")
-                .values_list("recorded_at", flat=True)
-                .first()
-            )
-            if oldest is not None:
-                lag_seconds = max((now - oldest).total_seconds(), 0.0)
+        # A configured projection that never ran is behind by every stored event.
+        checkpoint = checkpoints.get(name) or Checkpoint.objects.not_started(name)
+        lag_events = checkpoint.lag_events
+        lag_seconds = checkpoint.lag_seconds(now)
         report.projections.append(
             ProjectionHealth(
                 name=name,
-                position=position,
+                position=checkpoint.position,
                 lag_events=lag_events,
                 lag_seconds=round(lag_seconds, 3),
                 dead_letters=dead_by_projection.get(name, 0),
-                last_processed_at=checkpoint.last_processed_at if checkpoint else None,
+                last_processed_at=checkpoint.last_processed_at,
             )
         )
         if lag_events > conf.HEALTH_MAX_LAG_EVENTS:
@@ -142,10 +110,7 @@ def get_health() -> HealthReport:
                 f"(limit {conf.HEALTH_MAX_LAG_SECONDS}s)"
             )
 
-    dlq = DeadLetter.objects.aggregate(
-        failed=Count("id", filter=Q(status=DeadLetter.Status.FAILED)),
-        retrying=Count("id", filter=Q(status=DeadLetter.Status.RETRYING)),
-    )
+    dlq = DeadLetter.objects.status_summary()
     report.dead_letters_failed = dlq["failed"]
     report.dead_letters_retrying = dlq["retrying"]
     if report.dead_letters_failed > conf.HEALTH_MAX_DEAD_LETTERS:
@@ -153,15 +118,12 @@ def get_health() -> HealthReport:
             f"{report.dead_letters_failed} dead letter(s) (limit {conf.HEALTH_MAX_DEAD_LETTERS})"
         )
 
-    outbox = OutboxMessage.objects.aggregate(
-        pending=Count("id", filter=Q(status=OutboxMessage.Status.PENDING)),
-        failed=Count("id", filter=Q(status=OutboxMessage.Status.FAILED)),
-        oldest=Min("created_at", filter=Q(status=OutboxMessage.Status.PENDING)),
-    )
+    outbox = OutboxMessage.objects.status_summary()
     report.outbox_pending = outbox["pending"]
     report.outbox_failed = outbox["failed"]
-    if outbox["oldest"] is not None:
-        report.outbox_oldest_pending_seconds = round((now - outbox["oldest"]).total_seconds(), 3)
+    if outbox["oldest_pending"] is not None:
+        oldest_pending = now - outbox["oldest_pending"]
+        report.outbox_oldest_pending_seconds = round(oldest_pending.total_seconds(), 3)
 
     for blocker in store.get_reader_blockers():
         report.readers_held_back.append(asdict(blocker))

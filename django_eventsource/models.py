@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from django.db import models
-from django.db.models.functions import Now
+from collections.abc import Collection
+from datetime import datetime
+from typing import Any, Self
+from uuid import UUID
+
+from django.db import IntegrityError, models, transaction
+from django.db.models import Count, F, Max, Min, OuterRef, Q, Subquery
+from django.db.models.functions import Coalesce, Now
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 
@@ -59,6 +66,90 @@ class EventRecord(models.Model):
         return f"{self.aggregate_id}:{self.aggregate_type}"
 
 
+class CheckpointQuerySet(models.QuerySet["Checkpoint"]):
+    """The checkpoint queries of the runner, the repository, the admin and the health report."""
+
+    def for_projection(self, projection_name: str) -> Self:
+        return self.filter(projection_name=projection_name)
+
+    def ensure(self, projection_name: str) -> None:
+        """Create the projection's row (position 0) unless it exists."""
+        if self.for_projection(projection_name).exists():
+            return
+        try:
+            with transaction.atomic(using=self.db):
+                self.create(projection_name=projection_name)
+        except IntegrityError:
+            pass  # created concurrently by another runner
+
+    def advance(
+        self, position: int, event_id: UUID, event_type: str, events_processed_delta: int
+    ) -> int:
+        """Move these checkpoints to ``position``; returns how many rows were updated."""
+        now = timezone.now()
+        return self.update(
+            position=position,
+            last_event_id=event_id,
+            last_event_type=event_type,
+            last_processed_at=now,
+            updated_at=now,
+            events_processed=F("events_processed") + events_processed_delta,
+        )
+
+    def rewind(self) -> int:
+        """Send these checkpoints back to position 0, as if their projections never ran."""
+        return self.update(
+            position=0,
+            last_event_id=None,
+            last_event_type="",
+            events_processed=0,
+            last_processed_at=None,
+        )
+
+    def with_lag(self, event_types: Collection[str] | None = None) -> Self:
+        """Each checkpoint with the facts its lag is read from (see ``Checkpoint.lag_events``).
+
+        ``head_position`` and ``head_event_id`` describe the newest stored event and
+        ``oldest_unread_at`` is the ``recorded_at`` of the oldest event after the
+        checkpoint (``None`` when it is caught up), counting only ``event_types`` when
+        given. Each is an index lookup in a subquery, so any number of checkpoints
+        costs one query.
+        """
+        head, unread = self._lag_sources(OuterRef("position"), event_types)
+        return self.annotate(
+            head_position=Coalesce(Subquery(head.values("position")[:1]), 0),
+            head_event_id=Subquery(head.values("event_id")[:1]),
+            oldest_unread_at=Subquery(unread.values("recorded_at")[:1]),
+        )
+
+    def not_started(
+        self, projection_name: str, event_types: Collection[str] | None = None
+    ) -> Checkpoint:
+        """An unsaved position-0 checkpoint of a projection that never ran, as ``with_lag()``
+        gives it: such a projection is behind by every stored event."""
+        head, unread = self._lag_sources(0, event_types)
+        newest = head.using(self.db).values_list("position", "event_id").first()
+        checkpoint = self.model(projection_name=projection_name)
+        checkpoint.head_position, checkpoint.head_event_id = newest or (0, None)
+        checkpoint.oldest_unread_at = (
+            unread.using(self.db).values_list("recorded_at", flat=True).first()
+        )
+        return checkpoint
+
+    @staticmethod
+    def _lag_sources(
+        position: OuterRef | int, event_types: Collection[str] | None
+    ) -> tuple[models.QuerySet[EventRecord], models.QuerySet[EventRecord]]:
+        """The newest events first, and the events after ``position`` oldest first."""
+        events = EventRecord.objects.all()
+        if event_types is not None:
+            events = events.filter(event_type__in=event_types)
+        return (
+            events.order_by("-position"),
+            events.filter(position__gt=position).order_by("position"),
+        )
+
+
 class Checkpoint(models.Model):
     """How far a projection has read: the last processed global position."""
 
@@ -81,6 +172,13 @@ class Checkpoint(models.Model):
     )
     lease_expires_at = models.DateTimeField(_("lease expires at"), null=True, blank=True)
 
+    objects = CheckpointQuerySet.as_manager()
+
+    # Set on the rows of CheckpointQuerySet.with_lag() and not_started().
+    head_position: int
+    head_event_id: UUID | None
+    oldest_unread_at: datetime | None
+
     class Meta:
         db_table = "eventsource_checkpoint"
         verbose_name = _("checkpoint")
@@ -89,6 +187,71 @@ class Checkpoint(models.Model):
 
     def __str__(self) -> str:
         return f"{self.projection_name} @ {self.position}"
+
+    @property
+    def lag_events(self) -> int:
+        """Positions between the checkpoint and the newest stored event (``with_lag()`` rows).
+
+        Positions left unused by rolled-back transactions count too, so it is an upper
+        bound; it costs no count of the events.
+        """
+        return max(self.head_position - self.position, 0)
+
+    def lag_seconds(self, now: datetime | None = None) -> float:
+        """Age of the oldest event the projection has not processed (0.0 when caught up)."""
+        if self.oldest_unread_at is None:
+            return 0.0
+        return max(((now or timezone.now()) - self.oldest_unread_at).total_seconds(), 0.0)
+
+
+class DeadLetterQuerySet(models.QuerySet["DeadLetter"]):
+    """The dead-letter queries of the repository, the runner, the admin and the health report."""
+
+    def for_projection(self, projection_name: str) -> Self:
+        return self.filter(projection_name=projection_name)
+
+    def failed(self) -> Self:
+        return self.filter(status=DeadLetter.Status.FAILED)
+
+    def open(self) -> Self:
+        """Entries still to deal with: failed, or being retried."""
+        return self.exclude(status=DeadLetter.Status.RESOLVED)
+
+    def resolved(self, before: datetime | None = None) -> Self:
+        """Resolved entries (only those resolved before ``before`` when given)."""
+        rows = self.filter(status=DeadLetter.Status.RESOLVED)
+        return rows if before is None else rows.filter(resolved_at__lt=before)
+
+    def mark_retrying(self) -> int:
+        return self.update(status=DeadLetter.Status.RETRYING)
+
+    def mark_resolved(self, resolved_by: str) -> int:
+        return self.update(
+            status=DeadLetter.Status.RESOLVED, resolved_at=timezone.now(), resolved_by=resolved_by
+        )
+
+    def status_summary(self) -> dict[str, Any]:
+        """``failed`` and ``retrying`` counts, ``projections`` (distinct names among them)
+        and ``oldest`` (the earliest ``first_failed_at``), in one query."""
+        status = DeadLetter.Status
+        return self.open().aggregate(
+            failed=Count("id", filter=Q(status=status.FAILED)),
+            retrying=Count("id", filter=Q(status=status.RETRYING)),
+            projections=Count("projection_name", distinct=True),
+            oldest=Min("first_failed_at"),
+        )
+
+    def per_projection(self) -> models.QuerySet[DeadLetter, Any]:
+        """``projection_name``, ``failures``, ``oldest`` and ``newest`` failure per
+        projection, most failures first."""
+        return (
+            self.order_by()
+            .values("projection_name")
+            .annotate(
+                failures=Count("id"), oldest=Min("first_failed_at"), newest=Max("last_failed_at")
+            )
+            .order_by("-failures", "projection_name")
+        )
 
 
 class DeadLetter(models.Model):
@@ -115,6 +278,8 @@ class DeadLetter(models.Model):
     resolved_at = models.DateTimeField(_("resolved at"), null=True, blank=True)
     resolved_by = models.CharField(_("resolved by"), max_length=255, blank=True, default="")
 
+    objects = DeadLetterQuerySet.as_manager()
+
     class Meta:
         db_table = "eventsource_dead_letter"
         verbose_name = _("dead letter")
@@ -132,6 +297,58 @@ class DeadLetter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.projection_name}: {self.event_type} {self.event_id} ({self.status})"
+
+
+class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
+    """The outbox rows the repository, the admin and the health report ask for."""
+
+    def pending(self) -> Self:
+        return self.filter(status=OutboxMessage.Status.PENDING)
+
+    def failed(self) -> Self:
+        return self.filter(status=OutboxMessage.Status.FAILED)
+
+    def published_before(self, cutoff: datetime) -> Self:
+        return self.filter(status=OutboxMessage.Status.PUBLISHED, published_at__lt=cutoff)
+
+    def unclaimed(self) -> Self:
+        """Rows no relay holds (a relay that holds a row publishes or releases it)."""
+        return self.filter(claimed_by="")
+
+    def release(self) -> int:
+        """Drop the relays' claims on these rows, counting no attempt."""
+        return self.update(claimed_by="", claimed_at=None)
+
+    def count_attempt(self, error: str) -> int:
+        """Count one failed attempt and record ``error``; the rows keep their status."""
+        return self.update(retry_count=F("retry_count") + 1, last_error=error)
+
+    def mark_failed(self, error: str) -> int:
+        """Give up on these rows: ``failed`` with ``error``, released, kept visible."""
+        return self.update(
+            status=OutboxMessage.Status.FAILED, last_error=error, claimed_by="", claimed_at=None
+        )
+
+    def requeue(self) -> int:
+        """Make these rows pending and due now, with their attempt count back at zero."""
+        return self.update(
+            status=OutboxMessage.Status.PENDING,
+            retry_count=0,
+            next_attempt_at=None,
+            claimed_by="",
+            claimed_at=None,
+        )
+
+    def status_summary(self) -> dict[str, Any]:
+        """``pending``, ``published`` and ``failed`` counts and ``oldest_pending`` (the
+        oldest pending row's ``created_at``, or ``None``), in one query."""
+        status = OutboxMessage.Status
+        return self.aggregate(
+            pending=Count("id", filter=Q(status=status.PENDING)),
+            published=Count("id", filter=Q(status=status.PUBLISHED)),
+            failed=Count("id", filter=Q(status=status.FAILED)),
+            oldest_pending=Min("created_at", filter=Q(status=status.PENDING)),
+        )
 
 
 class OutboxMessage(models.Model):
@@ -159,6 +376,8 @@ class OutboxMessage(models.Model):
     next_attempt_at = models.DateTimeField(_("next attempt at"), null=True, blank=True)
     claimed_by = models.CharField(_("claimed by"), max_length=255, blank=True, default="")
     claimed_at = models.DateTimeField(_("claimed at"), null=True, blank=True)
+
+    objects = OutboxMessageQuerySet.as_manager()
 
     class Meta:
         db_table = "eventsource_outbox"

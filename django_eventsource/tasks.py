@@ -54,7 +54,7 @@ def retry_dead_letters(
     projection: str | None = None, ids: list[int] | None = None
 ) -> dict[str, Any]:
     """Retry dead-lettered events (``retry_dead_letters`` command)."""
-    from .projections.runner import retry_dead_letters as retry
+    from .projections.maintenance import retry_dead_letters as retry
 
     report = retry(projection=projection, ids=ids, resolved_by="celery:retry_dead_letters")
     return {
@@ -70,7 +70,7 @@ def publish_outbox(batch_size: int | None = None) -> dict[str, int]:
 
     Several workers may run it at once: each claims different rows.
     """
-    from .relay import publish_outbox as publish
+    from .outbox.relay import publish_outbox as publish
 
     report = publish(once=True, batch_size=batch_size)
     return {

@@ -7,6 +7,7 @@ keeps concurrent runs on separate test databases.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -37,8 +38,10 @@ if DB_BACKEND == "postgres":
         # Django's opt-in: server-side parameters, prepared after 5 executions.
         DATABASES["default"]["OPTIONS"] = {"server_side_binding": True, "prepare_threshold": 5}
 else:
-    _sqlite_dir = Path(tempfile.gettempdir()) / "django_eventsource_tests"
-    _sqlite_dir.mkdir(exist_ok=True)
+    # One directory per checkout, so that two clones tested at once never share a file.
+    _checkout = hashlib.sha256(str(BASE_DIR).encode()).hexdigest()[:12]
+    _sqlite_dir = Path(tempfile.gettempdir()) / "django_eventsource_tests" / _checkout
+    _sqlite_dir.mkdir(parents=True, exist_ok=True)
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",

@@ -20,7 +20,7 @@ from django.utils import timezone
 from django_eventsource import DeclarativeProjection, DjangoEventStore, DomainEvent, handles
 from django_eventsource.admin import EstimatedCountPaginator
 from django_eventsource.models import Checkpoint, DeadLetter, EventRecord, OutboxMessage, Snapshot
-from django_eventsource.repositories.dlq import DjangoDLQRepository
+from django_eventsource.projections.django_dead_letters import DjangoDLQRepository
 from tests.factories import AccountOpenedFactory, account_history
 from tests.testapp.domain import MoneyDeposited
 

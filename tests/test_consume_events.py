@@ -20,7 +20,7 @@ from django.test import override_settings
 from django_eventsource import AggregateRepository, DjangoEventStore, DomainEvent
 from django_eventsource.bus import consumers, reset_event_bus
 from django_eventsource.bus.redis import RedisEventBus, RedisEventBusConfig
-from django_eventsource.relay import publish_outbox
+from django_eventsource.outbox.relay import publish_outbox
 from django_eventsource.tasks import recover_pending_events
 from tests.testapp.domain import Account, AccountOpened, MoneyDeposited
 from tests.testapp.models import AccountSummary, HandledEvent

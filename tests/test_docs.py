@@ -72,6 +72,7 @@ def run_guide_command(line: str, cwd: Path, env: dict[str, str]) -> str:
     return completed.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     settings.DB_BACKEND == "postgres",
     reason="the guide's project uses its own SQLite database; the SQLite run covers it",

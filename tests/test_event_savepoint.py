@@ -10,7 +10,8 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from django_eventsource import DjangoEventStore
-from django_eventsource.projections.runner import EventSavepoint, run_projections
+from django_eventsource.projections.batch import EventSavepoint
+from django_eventsource.projections.runner import run_projections
 from tests.testapp.models import HandledEvent
 from tests.testapp.projections import COUNTING, SUMMARY, open_account
 

@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
+# Each test runs the project's commands in subprocesses: seconds, not milliseconds.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -11,7 +11,7 @@ from django.test import Client, override_settings
 from django.urls import path
 from django.utils import timezone
 
-from django_eventsource import views
+from django_eventsource import DjangoCheckpointRepository, views
 from django_eventsource.health import get_health
 from django_eventsource.models import Checkpoint, DeadLetter, EventRecord, OutboxMessage
 
@@ -103,6 +103,38 @@ def test_health_is_503_when_a_projection_lags_past_the_event_threshold(client: C
     assert body["projections"][0]["lag_events"] == 5
     assert body["projections"][0]["lag_seconds"] > 0
     assert body["problems"] == ["projection Balances is 5 events behind (limit 2)"]
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[SUMMARY], EVENTSOURCE_HEALTH_MAX_LAG_SECONDS=60)
+def test_a_configured_projection_that_never_ran_is_as_old_as_the_first_event(
+    client: Client,
+) -> None:
+    top = _store_events(2)
+    EventRecord.objects.filter(position__lte=top).update(
+        recorded_at=timezone.now() - timedelta(minutes=5)
+    )
+
+    response = client.get("/health/")
+
+    assert response.status_code == 503
+    (projection,) = response.json()["projections"]
+    assert projection["lag_seconds"] >= 300
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[])
+def test_health_reports_the_lag_the_checkpoint_repository_reports(client: Client) -> None:
+    top = _store_events(4)
+    Checkpoint.objects.create(projection_name="Balances", position=top - 3)
+    EventRecord.objects.filter(position=top - 2).update(
+        recorded_at=timezone.now() - timedelta(minutes=10)
+    )
+
+    (projection,) = client.get("/health/").json()["projections"]
+    lag = DjangoCheckpointRepository().get_lag_metrics("Balances")
+
+    assert lag is not None
+    assert projection["lag_events"] == lag.lag_events == 3
+    assert 600 <= projection["lag_seconds"] <= lag.lag_seconds
 
 
 @override_settings(EVENTSOURCE_PROJECTIONS=[], EVENTSOURCE_HEALTH_MAX_LAG_SECONDS=60)

@@ -13,8 +13,8 @@ from django.test import override_settings
 from django_eventsource import AggregateRepository, DjangoEventStore, DomainEvent
 from django_eventsource.bus.memory import InMemoryEventBus
 from django_eventsource.exceptions import EventBusError
+from django_eventsource.outbox.relay import publish_outbox
 from django_eventsource.projections.runner import run_projections
-from django_eventsource.relay import publish_outbox
 from tests.testapp import projections
 from tests.testapp.domain import Account
 

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import get_args
 from uuid import uuid4
 
 import pytest
+from django.db import NotSupportedError, connection
 from django.utils import timezone
 
-from django_eventsource import DjangoOutboxRepository, InMemoryOutboxRepository, OutboxRepository
+from django_eventsource import (
+    DjangoEventStore,
+    DjangoOutboxRepository,
+    ExpectedVersion,
+    InMemoryOutboxRepository,
+    OutboxRepository,
+)
 from django_eventsource.models import OutboxMessage
-from django_eventsource.repositories.outbox import OutboxFailure
+from django_eventsource.outbox.rows import OutboxFailure, OutboxStatus
 from tests.factories import account_history
 
 
@@ -168,3 +177,52 @@ def test_rows_behind_a_row_another_relay_is_claiming_are_left_for_later() -> Non
 
     assert [c.id for c in claimed] == [other]
     assert OutboxMessage.objects.get(pk=second).claimed_by == ""
+
+
+@pytest.mark.django_db
+def test_the_store_and_add_event_write_the_same_outbox_row_for_an_event() -> None:
+    events = account_history(deposits=1, tenant_id=uuid4())
+    DjangoEventStore(outbox_enabled=True).append_events(
+        events[0].aggregate_id, "Account", events, ExpectedVersion.NO_STREAM
+    )
+    row_columns = [
+        f.name for f in OutboxMessage._meta.concrete_fields if f.name not in ("id", "created_at")
+    ]
+    by_store = list(OutboxMessage.objects.order_by("id").values(*row_columns))
+    OutboxMessage.objects.all().delete()
+
+    repo = DjangoOutboxRepository()
+    for event in events:
+        repo.add_event(event)
+    by_repository = list(OutboxMessage.objects.order_by("id").values(*row_columns))
+
+    assert by_store == by_repository
+    assert [row["event_id"] for row in by_store] == [e.event_id for e in events]
+
+
+def test_outbox_entry_statuses_are_the_models_statuses() -> None:
+    assert set(get_args(OutboxStatus)) == set(OutboxMessage.Status.values)
+
+
+@pytest.mark.django_db
+def test_claiming_on_an_unsupported_database_names_the_vendor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    repo = DjangoOutboxRepository()
+    outbox_id = repo.add_event(account_history(deposits=0)[0])
+    monkeypatch.setattr(connection, "vendor", "mysql")
+
+    with pytest.raises(NotSupportedError, match=r"PostgreSQL and SQLite.*'mysql'"):
+        repo.claim_due("r", 10, now=timezone.now(), claim_timeout=60)
+    with pytest.raises(NotSupportedError, match=r"'mysql'"):
+        repo.mark_published(outbox_id)
+
+
+@pytest.mark.django_db
+def test_claiming_on_sqlite_before_3_35_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite-only test (suite runs on PostgreSQL)")
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 34, 1))
+
+    with pytest.raises(NotSupportedError, match=r"SQLite 3\.35 or later"):
+        DjangoOutboxRepository().claim_due("r", 10, now=timezone.now(), claim_timeout=60)

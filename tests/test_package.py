@@ -106,6 +106,18 @@ def test_the_framework_free_core_works_without_django_settings() -> None:
     assert "framework-free OK" in result.stdout
 
 
+def test_the_guides_outbox_module_gives_the_in_memory_outbox_without_django_settings() -> None:
+    result = run_without_django_settings(
+        "from django.conf import settings\n"
+        "from django_eventsource.repositories.outbox import (\n"
+        "    InMemoryOutboxRepository, OutboxEntry, OutboxRepository, OutboxStats)\n"
+        "assert not settings.configured\n"
+        "print(InMemoryOutboxRepository().get_stats().pending_count)\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0"
+
+
 def test_every_name_in_all_resolves_with_django_configured() -> None:
     missing: dict[str, str] = {}
     for name in django_eventsource.__all__:

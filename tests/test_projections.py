@@ -240,3 +240,28 @@ def test_the_coordinator_dead_letters_failing_events_and_reports_them() -> None:
     assert not health.healthy
     assert health.dead_letters == 1
     assert [e.event_data["amount"] for e in coordinator.dlq_repo.get_failed_events()] == ["2"]
+
+
+def test_the_coordinator_reports_the_lag_of_the_checkpoint_repository() -> None:
+    store = InMemoryEventStore()
+    open_account(store)
+    coordinator = ProjectionCoordinator(ProjectionRegistry([Balances()]), store)
+    coordinator.catch_up()
+    open_account(store, deposits=(4,))
+
+    health = coordinator.health()["Balances"]
+    lag = coordinator.checkpoint_repo.get_lag_metrics("Balances")
+
+    assert lag is not None
+    assert (health.position, health.lag_events) == (1, lag.lag_events) == (1, 2)
+    assert 0 <= health.lag_seconds <= lag.lag_seconds
+    assert health.last_processed_at == lag.last_processed_at is not None
+
+
+def test_the_coordinator_reports_a_projection_that_never_ran_as_behind_by_every_event() -> None:
+    store = InMemoryEventStore()
+    open_account(store, deposits=(1, 2))
+
+    health = ProjectionCoordinator(ProjectionRegistry([Balances()]), store).health()["Balances"]
+
+    assert (health.position, health.lag_events, health.last_processed_at) == (0, 3, None)

@@ -12,15 +12,11 @@ from django.test import override_settings
 from django.utils import timezone
 
 from django_eventsource import DjangoEventStore, EventTypeNotFoundError
+from django_eventsource.exceptions import UnknownProjectionError
 from django_eventsource.models import Checkpoint, DeadLetter, EventRecord
-from django_eventsource.projections.runner import (
-    UnknownProjectionError,
-    _exclusivity,
-    checkpoint_db,
-    load_projections,
-    retry_dead_letters,
-    run_projections,
-)
+from django_eventsource.projections.exclusivity import exclusivity_for
+from django_eventsource.projections.maintenance import retry_dead_letters
+from django_eventsource.projections.runner import checkpoint_db, load_projections, run_projections
 from tests.testapp import projections as test_projections
 from tests.testapp.models import AccountSummary, HandledEvent
 from tests.testapp.projections import (
@@ -281,7 +277,7 @@ def test_projections_can_be_selected_by_name_or_dotted_path() -> None:
 @override_settings(EVENTSOURCE_PROJECTIONS=[SUMMARY])
 def test_a_projection_held_by_another_runner_is_skipped(store: DjangoEventStore) -> None:
     open_account(store)
-    other_runner = _exclusivity(checkpoint_db(), listen=False)
+    other_runner = exclusivity_for(checkpoint_db(), listen=False)
     assert other_runner.acquire("AccountSummaryProjection")
     try:
         summary = run_projections(once=True)

@@ -18,8 +18,8 @@ from django.utils import timezone
 from django_eventsource import DjangoEventStore, DomainEvent, ExpectedVersion, InMemoryEventBus
 from django_eventsource.bus.interface import EventBus, HandlerLike
 from django_eventsource.models import OutboxMessage
-from django_eventsource.relay import backoff_delay, publish_outbox, retry_failed
-from django_eventsource.repositories.outbox import InMemoryOutboxRepository
+from django_eventsource.outbox import InMemoryOutboxRepository
+from django_eventsource.outbox.relay import backoff_delay, publish_outbox, retry_failed
 from django_eventsource.tasks import publish_outbox as publish_outbox_task
 from tests.factories import account_history
 

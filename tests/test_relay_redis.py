@@ -13,7 +13,7 @@ from django.test import override_settings
 from django_eventsource import AggregateRepository, DjangoEventStore
 from django_eventsource.bus.redis import RedisEventBus, RedisEventBusConfig
 from django_eventsource.models import OutboxMessage
-from django_eventsource.relay import publish_outbox
+from django_eventsource.outbox.relay import publish_outbox
 from tests.testapp.domain import Account
 
 pytestmark = [pytest.mark.redis, pytest.mark.django_db]

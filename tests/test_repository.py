@@ -16,6 +16,7 @@ import pytest
 from django_eventsource import (
     AggregateNotFoundError,
     AggregateRepository,
+    AppendResult,
     DomainEvent,
     EventStream,
     InMemoryEventStore,
@@ -209,6 +210,40 @@ def test_a_stale_aggregate_cannot_overwrite_a_newer_save(repo: AccountRepository
         repo.save(second)
     assert (excinfo.value.expected_version, excinfo.value.actual_version) == (1, 2)
     assert second.has_uncommitted_events
+    assert repo.load(account_id).state.balance == Decimal("15")
+
+
+class ConflictReportingStore(InMemoryEventStore):
+    """A custom store that reports a version conflict in its result instead of raising."""
+
+    def append_events(
+        self,
+        aggregate_id: UUID,
+        aggregate_type: str,
+        events: Sequence[DomainEvent],
+        expected_version: int,
+    ) -> AppendResult:
+        actual = self.get_stream_version(aggregate_id, aggregate_type)
+        if expected_version >= 0 and expected_version != actual:
+            return AppendResult.conflicted(actual)
+        return super().append_events(aggregate_id, aggregate_type, events, expected_version)
+
+
+def test_a_store_that_reports_a_conflict_without_raising_still_fails_the_save() -> None:
+    store = ConflictReportingStore()
+    publisher = RecordingPublisher()
+    repo: AccountRepository = AggregateRepository(store, Account, event_publisher=publisher)
+    account_id = open_account(repo, "10")
+    first, second = repo.load(account_id), repo.load(account_id)
+    first.deposit(Decimal("5"))
+    second.withdraw(Decimal("10"))
+    repo.save(first)
+    publisher.batches.clear()
+    with pytest.raises(OptimisticLockError) as excinfo:
+        repo.save(second)
+    assert (excinfo.value.expected_version, excinfo.value.actual_version) == (1, 2)
+    assert second.has_uncommitted_events
+    assert publisher.batches == []
     assert repo.load(account_id).state.balance == Decimal("15")
 
 

@@ -21,6 +21,7 @@ from django_eventsource import (
     ReadOptions,
     StoredEvent,
 )
+from django_eventsource.exceptions import InvalidReadOptionsError
 from tests.factories import AccountOpenedFactory, MoneyDepositedFactory, account_history
 
 ACCOUNT = "Account"
@@ -323,7 +324,7 @@ def test_naive_timestamps_are_refused_with_a_clear_error(store: InMemoryEventSto
         store.get_events(uuid4(), ACCOUNT, to_timestamp=naive)
     with pytest.raises(InvalidEventError, match="from_timestamp must be a timezone-aware"):
         store.get_events_by_type(ACCOUNT, from_timestamp=naive)
-    with pytest.raises(InvalidEventError, match="to_timestamp must be a timezone-aware"):
+    with pytest.raises(InvalidReadOptionsError, match="to_timestamp must be a timezone-aware"):
         ReadOptions(to_timestamp=naive)
 
 
@@ -338,8 +339,11 @@ def test_naive_timestamps_are_refused_with_a_clear_error(store: InMemoryEventSto
     ],
 )
 def test_invalid_read_options_are_refused(options: dict[str, Any], message: str) -> None:
-    with pytest.raises(InvalidEventError, match=message):
+    with pytest.raises(InvalidReadOptionsError, match=message) as caught:
         ReadOptions(**options)
+    # Not an event problem, but still a ValueError and an EventStoreError to callers.
+    assert not isinstance(caught.value, InvalidEventError)
+    assert isinstance(caught.value, ValueError)
 
 
 def test_read_options_accept_plain_strings_for_direction_and_tenant(

@@ -20,7 +20,7 @@ from opentelemetry.trace import StatusCode
 
 from django_eventsource import AggregateRepository, DjangoEventStore, InMemoryEventStore, tracing
 from django_eventsource.bus.memory import InMemoryEventBus
-from django_eventsource.relay import publish_outbox
+from django_eventsource.outbox.relay import publish_outbox
 from tests.testapp import projections
 from tests.testapp.domain import Account, AccountOpened, MoneyDeposited
 

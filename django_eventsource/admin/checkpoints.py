@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from ..exceptions import EventSourceError
-from ..models import Checkpoint, EventRecord
+from ..models import Checkpoint, CheckpointQuerySet
+from ..projections.maintenance import reset_projection
 from ._common import ReadOnlyAdminMixin
 
 if TYPE_CHECKING:
@@ -41,31 +40,18 @@ class CheckpointAdmin(ReadOnlyAdminMixin, _CheckpointAdminBase):
     readonly_fields = ("lag_events", "lag_seconds")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Checkpoint]:
-        # One query for the whole page: the head position and the time of the oldest
-        # unread event come from primary-key lookups in correlated subqueries.
-        unread = EventRecord.objects.filter(position__gt=OuterRef("position")).order_by("position")
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(
-                head_position=Subquery(
-                    EventRecord.objects.order_by("-position").values("position")[:1]
-                ),
-                oldest_unread_at=Subquery(unread.values("recorded_at")[:1]),
-            )
-        )
+        # One query for the whole page: with_lag() reads the lag in subqueries.
+        return cast(CheckpointQuerySet, super().get_queryset(request)).with_lag()
 
     @admin.display(description=_("lag (events)"))
     def lag_events(self, obj: Checkpoint) -> int:
-        head: int | None = getattr(obj, "head_position", None)
-        return max(0, (head or 0) - obj.position)
+        return obj.lag_events
 
     @admin.display(description=_("lag (seconds)"))
     def lag_seconds(self, obj: Checkpoint) -> str:
-        oldest: datetime | None = getattr(obj, "oldest_unread_at", None)
-        if oldest is None:
+        if obj.oldest_unread_at is None:
             return "0"
-        return f"{max(0.0, (timezone.now() - oldest).total_seconds()):.1f}"
+        return f"{obj.lag_seconds():.1f}"
 
     @admin.action(description=_("Reset selected projections"), permissions=["change"])
     def reset_projections(
@@ -90,8 +76,6 @@ class CheckpointAdmin(ReadOnlyAdminMixin, _CheckpointAdminBase):
             return TemplateResponse(
                 request, "admin/django_eventsource/checkpoint/reset_confirmation.html", context
             )
-
-        from ..projections.runner import reset_projection
 
         done: list[str] = []
         for name in names:

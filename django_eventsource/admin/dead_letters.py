@@ -5,17 +5,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
-from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from ..models import DeadLetter
+from ..models import DeadLetter, DeadLetterQuerySet
+from ..projections.maintenance import retry_dead_letters
 from ._common import ReadOnlyAdminMixin, preformatted, pretty_json
 
 if TYPE_CHECKING:
@@ -99,10 +98,8 @@ class DeadLetterAdmin(ReadOnlyAdminMixin, _DeadLetterAdminBase):
         return pretty_json(obj.event_data)
 
     @admin.action(description=_("Retry selected dead letters"), permissions=["change"])
-    def retry_selected(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
-        from ..projections.runner import retry_dead_letters
-
-        ids = list(queryset.exclude(status=DeadLetter.Status.RESOLVED).values_list("id", flat=True))
+    def retry_selected(self, request: HttpRequest, queryset: DeadLetterQuerySet) -> None:
+        ids = list(queryset.open().values_list("id", flat=True))
         if not ids:
             self.message_user(request, _("No unresolved dead letter selected."), messages.WARNING)
             return
@@ -132,12 +129,8 @@ class DeadLetterAdmin(ReadOnlyAdminMixin, _DeadLetterAdminBase):
             )
 
     @admin.action(description=_("Mark selected dead letters resolved"), permissions=["change"])
-    def mark_resolved(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
-        updated = queryset.exclude(status=DeadLetter.Status.RESOLVED).update(
-            status=DeadLetter.Status.RESOLVED,
-            resolved_at=timezone.now(),
-            resolved_by=request.user.get_username(),
-        )
+    def mark_resolved(self, request: HttpRequest, queryset: DeadLetterQuerySet) -> None:
+        updated = queryset.open().mark_resolved(request.user.get_username())
         self.message_user(
             request,
             ngettext(
@@ -150,9 +143,9 @@ class DeadLetterAdmin(ReadOnlyAdminMixin, _DeadLetterAdminBase):
         )
 
     @admin.action(description=_("Delete resolved dead letters"), permissions=["delete"])
-    def delete_resolved(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
+    def delete_resolved(self, request: HttpRequest, queryset: DeadLetterQuerySet) -> None:
         selected = queryset.count()
-        deleted, _per_model = queryset.filter(status=DeadLetter.Status.RESOLVED).delete()
+        deleted, _per_model = queryset.resolved().delete()
         message = ngettext(
             "%(count)d resolved dead letter deleted.",
             "%(count)d resolved dead letters deleted.",

@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
-from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from ..models import OutboxMessage
+from ..models import OutboxMessage, OutboxMessageQuerySet
+from ..outbox.relay import retry_failed
 from ._common import ReadOnlyAdminMixin, preformatted, pretty_json
 
 if TYPE_CHECKING:
@@ -62,17 +62,11 @@ class OutboxMessageAdmin(ReadOnlyAdminMixin, _OutboxAdminBase):
         return pretty_json(obj.event_data)
 
     @admin.action(description=_("Retry selected messages now"), permissions=["change"])
-    def retry_now(self, request: HttpRequest, queryset: QuerySet[OutboxMessage]) -> None:
-        from ..relay import retry_failed
-
-        failed = list(
-            queryset.filter(status=OutboxMessage.Status.FAILED).values_list("id", flat=True)
-        )
+    def retry_now(self, request: HttpRequest, queryset: OutboxMessageQuerySet) -> None:
+        failed = list(queryset.failed().values_list("id", flat=True))
         # Pending rows waiting out a backoff become due now; a row a relay has already
         # claimed is left to that relay.
-        count = queryset.filter(status=OutboxMessage.Status.PENDING, claimed_by="").update(
-            next_attempt_at=timezone.now()
-        )
+        count = queryset.pending().unclaimed().update(next_attempt_at=timezone.now())
         count += retry_failed(failed) if failed else 0
         self.message_user(
             request,

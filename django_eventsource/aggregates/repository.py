@@ -13,7 +13,7 @@ from asgiref.sync import sync_to_async
 from .. import tracing
 from ..context import get_event_context
 from ..events.base import DomainEvent
-from ..exceptions import AggregateNotFoundError, InvalidEventError
+from ..exceptions import AggregateNotFoundError, InvalidEventError, OptimisticLockError
 from ..stores.interface import (
     AppendResult,
     EventPublisher,
@@ -204,6 +204,10 @@ class AggregateRepository(Generic[TAggregate]):
                 result = store.append_events(
                     aggregate.aggregate_id, self.aggregate_type, events, expected_version
                 )
+                if not result.success:
+                    raise OptimisticLockError(
+                        aggregate.aggregate_id, expected_version, result.new_version
+                    )
                 if snapshot_due and snapshot_store is not None:
                     self._save_snapshot(snapshot_store, aggregate, events[-1].tenant_id)
                 if self.event_publisher is not None:

@@ -12,12 +12,15 @@ from collections.abc import Iterator, Mapping
 from datetime import date, datetime, time
 from decimal import Decimal
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 from uuid import UUID
 
 from pydantic import BaseModel
 
 from ..exceptions import SerializationError
+
+if TYPE_CHECKING:
+    from .base import DomainEvent
 
 
 class EventSourceJSONEncoder(json.JSONEncoder):
@@ -113,4 +116,42 @@ class StoredEventData(Mapping[str, Any]):
         return f"StoredEventData({self.text!r})"
 
 
-__all__ = ["EventSourceJSONEncoder", "StoredEventData", "json_dumps", "json_loads"]
+class OutboxRowValues(TypedDict):
+    """The columns of a new outbox row that come from its event."""
+
+    event_id: UUID
+    event_type: str
+    aggregate_id: UUID
+    aggregate_type: str
+    aggregate_version: int
+    tenant_id: UUID | None
+    event_data: dict[str, Any]
+
+
+def outbox_row_values(event: DomainEvent) -> OutboxRowValues:
+    """The values of the outbox row for ``event``.
+
+    Every writer of outbox rows (the event store's append, both outbox repositories'
+    ``add_event``) builds them here, so a row looks the same whichever path wrote it.
+    The status, bookkeeping columns and ``created_at`` keep their defaults: a new row is
+    pending and due at once.
+    """
+    return {
+        "event_id": event.event_id,
+        "event_type": event.event_type,
+        "aggregate_id": event.aggregate_id,
+        "aggregate_type": event.aggregate_type,
+        "aggregate_version": event.aggregate_version,
+        "tenant_id": event.tenant_id,
+        "event_data": event.to_dict(),
+    }
+
+
+__all__ = [
+    "EventSourceJSONEncoder",
+    "OutboxRowValues",
+    "StoredEventData",
+    "json_dumps",
+    "json_loads",
+    "outbox_row_values",
+]

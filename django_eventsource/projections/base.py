@@ -9,38 +9,22 @@ that itself, in the projection's database transaction.
 
 from __future__ import annotations
 
-import inspect
 import logging
-import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
-from asgiref.sync import async_to_sync
-
+from .._runtime import full_jitter_delay, run_to_completion
 from ..context import event_context
 from ..events.base import DomainEvent
 from ..events.handlers import collect_handlers, find_handler_name
-
-if TYPE_CHECKING:
-    from ..repositories.checkpoint import CheckpointRepository
-    from ..repositories.dlq import DLQRepository
+from .checkpoints import CheckpointRepository, InMemoryCheckpointRepository
+from .dead_letters import DLQRepository, InMemoryDLQRepository
 
 logger = logging.getLogger("django_eventsource")
-
-
-def run_to_completion(result: Any) -> Any:
-    """Return ``result``, first awaiting it when a handler returned a coroutine."""
-    if result is not None and inspect.isawaitable(result):
-
-        async def _await() -> Any:
-            return await result
-
-        return async_to_sync(_await)()
-    return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,15 +50,14 @@ class RetryPolicy:
         from ..conf import conf
 
         return cls(
-            max_attempts=max(int(conf.MAX_RETRIES), 1),
-            base_delay=float(conf.RETRY_BACKOFF),
-            max_delay=float(conf.RETRY_BACKOFF_MAX),
+            max_attempts=max(conf.MAX_RETRIES, 1),
+            base_delay=conf.RETRY_BACKOFF,
+            max_delay=conf.RETRY_BACKOFF_MAX,
         )
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        ceiling = min(self.max_delay, self.base_delay * 2 ** max(attempt - 1, 0))
-        return random.uniform(0, ceiling)
+        return full_jitter_delay(attempt, self.base_delay, self.max_delay)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,9 +215,6 @@ class CheckpointTrackingProjection(DeclarativeProjection):
         dlq_repo: DLQRepository | None = None,
         retry_policy: RetryPolicy | None = None,
     ) -> None:
-        from ..repositories.checkpoint import InMemoryCheckpointRepository
-        from ..repositories.dlq import InMemoryDLQRepository
-
         self.checkpoint_repo = checkpoint_repo or InMemoryCheckpointRepository()
         self.dlq_repo = dlq_repo or InMemoryDLQRepository()
         self._retry_policy = retry_policy
@@ -282,5 +262,4 @@ __all__ = [
     "Projection",
     "RetryPolicy",
     "apply_with_retries",
-    "run_to_completion",
 ]

@@ -12,16 +12,16 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any
 
+from .._runtime import run_to_completion
 from ..events.base import DomainEvent
 from ..exceptions import ProjectionError
-from .base import Projection, apply_with_retries, run_to_completion
-
-if TYPE_CHECKING:
-    from ..repositories.checkpoint import CheckpointRepository
-    from ..repositories.dlq import DLQRepository
-    from ..stores.interface import EventStore
+from ..stores.interface import EventStore, ReadOptions
+from .base import Projection, apply_with_retries
+from .checkpoints import CheckpointRepository, InMemoryCheckpointRepository
+from .dead_letters import DLQRepository, InMemoryDLQRepository
 
 logger = logging.getLogger("django_eventsource")
 
@@ -107,12 +107,23 @@ class ProjectionRegistry:
 
 @dataclass(frozen=True, slots=True)
 class ProjectionHealth:
-    """How one projection is doing."""
+    """Where one projection stands: its checkpoint, how far behind it is, its dead letters.
+
+    ``lag_events`` and ``lag_seconds`` are the lag figures of the checkpoint repositories
+    (``LagMetrics``): the distance in global positions from the checkpoint to the newest
+    event (an upper bound, as positions left unused by rolled-back transactions count
+    too), and the age of the oldest event the projection has not processed yet (0 when
+    it is caught up). ``dead_letters`` counts the entries that need attention:
+    ``get_health()`` counts those in status "failed", ``ProjectionCoordinator.health()``
+    every unresolved one. ``healthy`` is true when there is none.
+    """
 
     name: str
     position: int
     lag_events: int
     dead_letters: int
+    lag_seconds: float = 0.0
+    last_processed_at: datetime | None = None
 
     @property
     def healthy(self) -> bool:
@@ -135,9 +146,6 @@ class ProjectionCoordinator:
         dlq_repo: DLQRepository | None = None,
         batch_size: int = 500,
     ) -> None:
-        from ..repositories.checkpoint import InMemoryCheckpointRepository
-        from ..repositories.dlq import InMemoryDLQRepository
-
         self.registry = registry
         self.event_store = event_store
         self.checkpoint_repo = checkpoint_repo or InMemoryCheckpointRepository(event_store)
@@ -164,25 +172,26 @@ class ProjectionCoordinator:
 
     def health(self) -> dict[str, ProjectionHealth]:
         """Position, lag and open dead letters of every registered projection."""
-        head = self.event_store.get_global_position()
         failures = {
             c.projection_name: c.failure_count
             for c in self.dlq_repo.get_projection_failure_counts()
         }
         report = {}
         for projection in self.registry.get_all():
-            position = self.checkpoint_repo.get_position(projection.name)
-            report[projection.name] = ProjectionHealth(
-                name=projection.name,
-                position=position,
-                lag_events=max(head - position, 0),
-                dead_letters=failures.get(projection.name, 0),
+            name = projection.name
+            lag = self.checkpoint_repo.get_lag_metrics(name)
+            report[name] = ProjectionHealth(
+                name=name,
+                position=self.checkpoint_repo.get_position(name),
+                # A projection that never ran is behind by every stored event.
+                lag_events=lag.lag_events if lag else self.event_store.get_global_position(),
+                dead_letters=failures.get(name, 0),
+                lag_seconds=lag.lag_seconds if lag else 0.0,
+                last_processed_at=lag.last_processed_at if lag else None,
             )
         return report
 
     def _catch_up_one(self, projection: Projection) -> int:
-        from ..stores.interface import ReadOptions
-
         total = 0
         while True:
             position = self.checkpoint_repo.get_position(projection.name)

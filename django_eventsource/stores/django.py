@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -27,6 +27,7 @@ from .. import tracing
 from ..conf import conf
 from ..events.base import DomainEvent
 from ..events.registry import EventRegistry, default_registry
+from ..events.serialization import outbox_row_values
 from ..exceptions import OptimisticLockError, SerializationError
 from ..models import EventRecord, OutboxMessage
 from ._gaps import _GapState, _parse_blockers
@@ -165,19 +166,7 @@ class DjangoEventStore(EventStore):
             last_position = self._insert(conn, cursor, events)
         if self._outbox_enabled():
             OutboxMessage.objects.using(alias).bulk_create(
-                [
-                    OutboxMessage(
-                        event_id=e.event_id,
-                        event_type=e.event_type,
-                        aggregate_id=e.aggregate_id,
-                        aggregate_type=e.aggregate_type,
-                        aggregate_version=e.aggregate_version,
-                        tenant_id=e.tenant_id,
-                        event_data=e.to_dict(),
-                        status=OutboxMessage.Status.PENDING,
-                    )
-                    for e in events
-                ]
+                [OutboxMessage(**outbox_row_values(e)) for e in events]
             )
         return AppendResult.successful(events[-1].aggregate_version, last_position)
 
@@ -646,6 +635,30 @@ class DjangoEventStore(EventStore):
         ``docs/event-store.md``.
         """
         return self._high_water_mark(self.db_for_read(), after=0)[0]
+
+    def first_raw_event_after(self, position: int) -> Mapping[str, Any] | None:
+        """The stored row of the first event after ``position``, not deserialized.
+
+        Its envelope columns and ``payload``, for a reader that must deal with an event
+        ``read_all`` cannot turn back into a ``DomainEvent`` (the projection runner
+        dead-letters it). Like ``read_all``, it never looks past the safe high-water mark.
+        """
+        return (
+            EventRecord.objects.using(self.db_for_read())
+            .filter(position__gt=position, position__lte=self.safe_high_water_mark())
+            .order_by("position")
+            .values(
+                "position",
+                "event_id",
+                "event_type",
+                "event_version",
+                "aggregate_id",
+                "aggregate_type",
+                "aggregate_version",
+                "payload",
+            )
+            .first()
+        )
 
     def get_reader_blockers(self) -> list[ReaderBlocker]:
         """Sessions whose open transactions may hold catch-up readers back (PostgreSQL).

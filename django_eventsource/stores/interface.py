@@ -55,29 +55,33 @@ class ReadOptions:
     def __post_init__(self) -> None:
         # Checked here so that every store rejects the same bad input the same way,
         # instead of an odd TypeError (naive vs aware) deep inside a read.
-        from ..exceptions import InvalidEventError
+        from ..exceptions import InvalidReadOptionsError
 
         try:
             object.__setattr__(self, "direction", ReadDirection(self.direction))
         except ValueError:
-            raise InvalidEventError(
+            raise InvalidReadOptionsError(
                 f"direction must be 'forward' or 'backward', got {self.direction!r}"
             ) from None
         if not _is_int(self.from_position) or self.from_position < 0:
-            raise InvalidEventError(
+            raise InvalidReadOptionsError(
                 f"from_position must be an integer >= 0, got {self.from_position!r}"
             )
         if self.limit is not None and (not _is_int(self.limit) or self.limit < 0):
-            raise InvalidEventError(f"limit must be None or an integer >= 0, got {self.limit!r}")
+            raise InvalidReadOptionsError(
+                f"limit must be None or an integer >= 0, got {self.limit!r}"
+            )
         for name in ("from_timestamp", "to_timestamp"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, datetime) or value.utcoffset() is None):
-                raise InvalidEventError(f"{name} must be a timezone-aware datetime, got {value!r}")
+                raise InvalidReadOptionsError(
+                    f"{name} must be a timezone-aware datetime, got {value!r}"
+                )
         if self.tenant_id is not None and not isinstance(self.tenant_id, UUID):
             try:
                 object.__setattr__(self, "tenant_id", UUID(str(self.tenant_id)))
             except ValueError:
-                raise InvalidEventError(
+                raise InvalidReadOptionsError(
                     f"tenant_id must be a UUID, got {self.tenant_id!r}"
                 ) from None
 
@@ -150,7 +154,14 @@ class EventStream:
 
 @dataclass(frozen=True, slots=True)
 class AppendResult:
-    """Outcome of ``append_events``: the stream's new version and the last global position."""
+    """Outcome of ``append_events``: the stream's new version and the last global position.
+
+    The stores of this package raise ``OptimisticLockError`` on a version conflict, so
+    their results always have ``success=True``. A custom ``EventStore`` may instead report
+    a conflict without raising, as the eventsource guide allows: ``success=False``, nothing
+    written, ``new_version`` the stream's actual version (:meth:`conflicted`).
+    ``AggregateRepository.save`` turns such a result into ``OptimisticLockError``.
+    """
 
     success: bool
     new_version: int
@@ -159,6 +170,11 @@ class AppendResult:
     @classmethod
     def successful(cls, new_version: int, global_position: int = 0) -> AppendResult:
         return cls(success=True, new_version=new_version, global_position=global_position)
+
+    @classmethod
+    def conflicted(cls, actual_version: int) -> AppendResult:
+        """A refused append: nothing was written; the stream is at ``actual_version``."""
+        return cls(success=False, new_version=actual_version)
 
 
 def make_stream_id(aggregate_id: UUID, aggregate_type: str) -> str:

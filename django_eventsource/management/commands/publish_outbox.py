@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import signal
 import threading
-from collections.abc import Callable
-from types import FrameType
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from ..._runtime import stop_on_signals
 from ...exceptions import EventBusError
-from ...relay import RelayReport, publish_outbox
+from ...outbox.relay import RelayReport, publish_outbox
 
 
 class Command(BaseCommand):
@@ -36,24 +34,21 @@ class Command(BaseCommand):
         if batch_size is not None and batch_size < 1:
             raise CommandError("--batch-size must be a positive integer.")
         verbosity = int(options["verbosity"])
-        stop_event = threading.Event()
-        restore = install_signal_handlers(stop_event)
 
         def progress(report: RelayReport) -> None:
             if verbosity >= 2:
                 self.stdout.write(_summary(report))
 
         try:
-            report = publish_outbox(
-                once=options["once"],
-                batch_size=batch_size,
-                stop_event=stop_event,
-                progress=progress,
-            )
+            with stop_on_signals(threading.Event()) as stop_event:
+                report = publish_outbox(
+                    once=options["once"],
+                    batch_size=batch_size,
+                    stop_event=stop_event,
+                    progress=progress,
+                )
         except EventBusError as exc:
             raise CommandError(str(exc)) from exc
-        finally:
-            restore()
         if verbosity >= 1:
             style = self.style.WARNING if report.failed else self.style.SUCCESS
             self.stdout.write(style(_summary(report)))
@@ -65,23 +60,3 @@ def _summary(report: RelayReport) -> str:
         f"failed {report.failed}, cleaned {report.cleaned}"
     )
 
-
-def install_signal_handlers(stop_event: threading.Event) -> Callable[[], None]:
-    """Make SIGTERM/SIGINT set ``stop_event``; returns a function restoring the old ones.
-
-    Signal handlers can only be installed from the main thread (a command called from a
-    test thread simply runs without them).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        stop_event.set()
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def restore() -> None:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-    return restore

@@ -6,7 +6,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ...projections.runner import ProjectionBusyError, UnknownProjectionError, reset_projection
+from ...exceptions import ProjectionBusyError, UnknownProjectionError
+from ...projections.maintenance import reset_projection
 
 
 class Command(BaseCommand):

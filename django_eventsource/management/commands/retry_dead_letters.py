@@ -6,7 +6,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ...projections.runner import UnknownProjectionError, retry_dead_letters
+from ...exceptions import UnknownProjectionError
+from ...projections.maintenance import retry_dead_letters
 
 
 class Command(BaseCommand):

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import signal
 import threading
-from types import FrameType
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ...projections.runner import UnknownProjectionError, run_projections
+from ..._runtime import stop_on_signals
+from ...exceptions import UnknownProjectionError
+from ...projections.runner import run_projections
 
 
 class Command(BaseCommand):
@@ -49,27 +49,26 @@ class Command(BaseCommand):
             raise CommandError("--poll-interval cannot be negative")
         verbosity = int(options["verbosity"])
         stop_event = threading.Event()
-        restore = self._install_signal_handlers(stop_event)
 
         def progress(message: str) -> None:
             if verbosity >= 2:
                 self.stdout.write(message)
 
-        if verbosity >= 1 and not options["once"]:
-            self.stdout.write("Running projections; press Ctrl+C to stop.")
+        # SIGTERM/SIGINT request a stop; the current batch is finished first.
         try:
-            summary = run_projections(
-                options["projections"],
-                once=options["once"],
-                batch_size=batch_size,
-                poll_interval=poll_interval,
-                stop_event=stop_event,
-                progress=progress,
-            )
+            with stop_on_signals(stop_event):
+                if verbosity >= 1 and not options["once"]:
+                    self.stdout.write("Running projections; press Ctrl+C to stop.")
+                summary = run_projections(
+                    options["projections"],
+                    once=options["once"],
+                    batch_size=batch_size,
+                    poll_interval=poll_interval,
+                    stop_event=stop_event,
+                    progress=progress,
+                )
         except UnknownProjectionError as exc:
             raise CommandError(str(exc)) from exc
-        finally:
-            restore()
         if verbosity >= 1:
             for name, count in summary.processed.items():
                 self.stdout.write(f"{name}: {count} events")
@@ -78,21 +77,3 @@ class Command(BaseCommand):
                     self.style.WARNING(f"{summary.dead_lettered} events dead-lettered")
                 )
             self.stdout.write(self.style.SUCCESS(f"Processed {summary.total_processed} events."))
-
-    def _install_signal_handlers(self, stop_event: threading.Event) -> Any:
-        """SIGTERM/SIGINT request a stop; the current batch is finished first."""
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-
-        def request_stop(signum: int, frame: FrameType | None) -> None:
-            stop_event.set()
-
-        previous = {
-            sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)
-        }
-
-        def restore() -> None:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-        return restore

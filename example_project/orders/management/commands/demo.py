@@ -23,8 +23,9 @@ from django_eventsource import (
 )
 from django_eventsource.bus import get_event_bus
 from django_eventsource.conf import conf
-from django_eventsource.projections.runner import retry_dead_letters, run_projections
-from django_eventsource.relay import publish_outbox
+from django_eventsource.outbox.relay import publish_outbox
+from django_eventsource.projections.maintenance import retry_dead_letters
+from django_eventsource.projections.runner import run_projections
 
 from ...domain import Order
 from ...models import InventoryReservation, OrderSummary, Product

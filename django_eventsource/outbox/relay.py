@@ -24,11 +24,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import os
-import random
-import socket
 import threading
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,20 +34,20 @@ from typing import Any, Protocol, runtime_checkable
 from django.db import close_old_connections
 from django.utils import timezone
 
-from . import tracing
-from .bus.interface import EventBus
-from .conf import conf
-from .events.base import DomainEvent
-from .events.registry import EventRegistry, default_registry
-from .events.serialization import StoredEventData
-from .exceptions import EventBusError
-from .repositories.outbox import (
-    DjangoOutboxRepository,
-    OutboxEntry,
-    OutboxFailure,
-    OutboxRepository,
-)
+from .. import tracing
+from .._runtime import full_jitter_delay, worker_id
+from ..bus import get_event_bus
+from ..bus.interface import EventBus
+from ..conf import conf
+from ..events.base import DomainEvent
+from ..events.registry import EventRegistry, default_registry
+from ..events.serialization import StoredEventData
+from ..exceptions import EventBusError
+from .repository import OutboxRepository
+from .rows import OutboxEntry, OutboxFailure
 
+# The logger keeps the name it had before the relay moved into ``outbox``: operators
+# configure and filter logging by it (docs/observability.md).
 logger = logging.getLogger("django_eventsource.relay")
 
 
@@ -92,20 +88,24 @@ ProgressCallback = Callable[[RelayReport], None]
 
 
 def backoff_delay(attempt: int, base: float | None = None, cap: float | None = None) -> float:
-    """Seconds to wait before attempt ``attempt + 1``: exponential with full jitter.
-
-    The upper bound doubles with every attempt (``base * 2 ** (attempt - 1)``, capped at
-    ``cap``) and the delay is drawn uniformly below it, so relays that failed together
-    do not retry together.
+    """Seconds to wait before attempt ``attempt + 1``: exponential with full jitter
+    (``_runtime.full_jitter_delay``), by default from ``EVENTSOURCE_OUTBOX_RETRY_BACKOFF``
+    and ``EVENTSOURCE_OUTBOX_RETRY_BACKOFF_MAX``, so relays that failed together do not
+    retry together.
     """
-    base = conf.OUTBOX_RETRY_BACKOFF if base is None else base
-    cap = conf.OUTBOX_RETRY_BACKOFF_MAX if cap is None else cap
-    ceiling = min(float(cap), float(base) * 2 ** max(attempt - 1, 0))
-    return random.uniform(0, ceiling)
+    return full_jitter_delay(
+        attempt,
+        conf.OUTBOX_RETRY_BACKOFF if base is None else base,
+        conf.OUTBOX_RETRY_BACKOFF_MAX if cap is None else cap,
+    )
 
 
-def _relay_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+def _default_repository() -> OutboxRepository:
+    # Imported on use: the relay itself, with an in-memory repository, runs before
+    # Django's models are loaded.
+    from .django import DjangoOutboxRepository
+
+    return DjangoOutboxRepository()
 
 
 def _describe(exc: BaseException) -> str:
@@ -133,10 +133,10 @@ class OutboxRelay:
         overlap: bool | None = None,
     ) -> None:
         self.bus = bus
-        self.repository = repository or DjangoOutboxRepository()
+        self.repository = repository or _default_repository()
         self.batch_size = batch_size or conf.OUTBOX_BATCH_SIZE
         self.registry = registry or default_registry
-        self.name = name or _relay_name()
+        self.name = name or worker_id()
         self.overlap = isinstance(bus, SerializedEventPublisher) if overlap is None else overlap
         #: The next batch, claimed together with marking the previous one published.
         self._claimed_ahead: list[OutboxEntry] | None = None
@@ -162,7 +162,7 @@ class OutboxRelay:
                 self.name,
                 self.batch_size,
                 now=timezone.now(),
-                claim_timeout=float(conf.OUTBOX_CLAIM_TIMEOUT),
+                claim_timeout=conf.OUTBOX_CLAIM_TIMEOUT,
                 exclude_ids=exclude_ids or (),
             )
         if not entries:
@@ -197,7 +197,7 @@ class OutboxRelay:
         if held:
             self.repository.release([entry.id for entry in held])
         if failures:
-            max_attempts = int(conf.OUTBOX_MAX_ATTEMPTS)
+            max_attempts = conf.OUTBOX_MAX_ATTEMPTS
             report.failed = self.repository.record_failures(failures, max_attempts=max_attempts)
             report.retried = len(failures) - report.failed
             self._log_failures(entries, failures, max_attempts)
@@ -253,7 +253,7 @@ class OutboxRelay:
                 self.name,
                 self.batch_size,
                 now=now,
-                claim_timeout=float(conf.OUTBOX_CLAIM_TIMEOUT),
+                claim_timeout=conf.OUTBOX_CLAIM_TIMEOUT,
                 exclude_ids=exclude or (),
             )
         else:
@@ -283,26 +283,21 @@ class OutboxRelay:
                 "attempt": attempt,
             }
             if attempt >= max_attempts:
-                logger.error(
-                    "Outbox row %d (event %s, %s) marked failed after %d attempts: %s",
-                    entry.id,
-                    entry.event_id,
-                    entry.event_type,
-                    attempt,
-                    failure.error,
-                    extra=extra,
-                )
+                level, outcome = logging.ERROR, f"marked failed after {attempt} attempts"
             else:
-                logger.warning(
-                    "Outbox row %d (event %s, %s) failed on attempt %d, retry at %s: %s",
-                    entry.id,
-                    entry.event_id,
-                    entry.event_type,
-                    attempt,
-                    failure.next_attempt_at.isoformat(timespec="seconds"),
-                    failure.error,
-                    extra=extra,
-                )
+                retry_at = failure.next_attempt_at.isoformat(timespec="seconds")
+                level = logging.WARNING
+                outcome = f"failed on attempt {attempt}, retry at {retry_at}"
+            logger.log(
+                level,
+                "Outbox row %d (event %s, %s) %s: %s",
+                entry.id,
+                entry.event_id,
+                entry.event_type,
+                outcome,
+                failure.error,
+                extra=extra,
+            )
 
     def _failure(self, entry: OutboxEntry, error: str) -> OutboxFailure:
         delay = backoff_delay(entry.retry_count + 1)
@@ -363,7 +358,7 @@ def _cleanup(repository: OutboxRepository) -> int:
     days = conf.OUTBOX_RETENTION_DAYS
     if days is None:
         return 0
-    return repository.cleanup_published(days=int(days))
+    return repository.cleanup_published(days=days)
 
 
 def publish_outbox(
@@ -387,8 +382,6 @@ def publish_outbox(
     with the running totals. Returns the totals.
     """
     if bus is None:
-        from .bus import get_event_bus
-
         bus = get_event_bus()
         if bus is None:
             raise EventBusError(
@@ -419,7 +412,7 @@ def publish_outbox(
                 bus_failing = report.published == 0 and report.retried + report.failed > 0
                 if claimed < relay.batch_size or bus_failing:
                     close_old_connections()
-                    stop.wait(float(conf.POLL_INTERVAL))
+                    stop.wait(conf.POLL_INTERVAL)
     finally:
         total.published += relay.finish()
     return total
@@ -433,7 +426,7 @@ def retry_failed(
     Their attempt counters restart at zero and they are due at once. Returns how many
     rows were reset.
     """
-    return (repository or DjangoOutboxRepository()).retry_failed(ids)
+    return (repository or _default_repository()).retry_failed(ids)
 
 
 __all__ = [

@@ -1,0 +1,319 @@
+"""One batch of one projection: a single transaction for handlers, dead letters and checkpoint.
+
+The checkpoint row is locked for the length of the batch, so even overlapping runners
+cannot apply an event twice. Each event's handler runs in its own savepoint
+(``EventSavepoint``), so a failed attempt leaves no partial writes; it is retried with
+backoff and dead-lettered after the last attempt. The checkpoint moves once, at the end
+of the batch. A projection writing to the checkpoint's database therefore sees every
+event exactly once, even across crashes; one writing elsewhere sees every event at
+least once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from django.db import connections, transaction
+
+from .. import tracing
+from ..context import event_context
+from ..exceptions import EventSourceError, EventTypeNotFoundError
+from ..models import Checkpoint
+from ..stores.django import DjangoEventStore
+from ..stores.interface import EventStore, ReadOptions, StoredEvent
+from .base import Projection, apply_with_retries
+from .django_checkpoints import DjangoCheckpointRepository
+from .django_dead_letters import DjangoDLQRepository
+
+logger = logging.getLogger("django_eventsource")
+
+
+@dataclass
+class BatchContext:
+    """What every batch of a run shares: the store, the database and the repositories."""
+
+    store: EventStore
+    using: str
+    batch_size: int
+    checkpoints: DjangoCheckpointRepository
+    dead_letters: DjangoDLQRepository
+
+
+@dataclass
+class BatchResult:
+    """Events read (``count``), handled and dead-lettered, and the positions covered."""
+
+    count: int
+    handled: int
+    dead_lettered: int
+    from_position: int
+    to_position: int
+
+
+def _locked_position(name: str, using: str) -> int:
+    """The checkpoint position, with the row locked until the batch commits."""
+    locked = (
+        Checkpoint.objects.using(using)
+        .select_for_update()
+        .for_projection(name)
+        .values_list("position", flat=True)
+    )
+    position = locked.first()
+    if position is None:  # the projection's first batch
+        Checkpoint.objects.using(using).ensure(name)
+        position = locked.get()
+    return int(position)
+
+
+def _read_batch(
+    ctx: BatchContext, position: int
+) -> tuple[list[StoredEvent], EventSourceError | None]:
+    """The next events after ``position``, and the error that cut the batch short, if any.
+
+    ``read_all`` yields row by row, so the events before an unreadable one are kept.
+    """
+    events: list[StoredEvent] = []
+    try:
+        for stored in ctx.store.read_all(ReadOptions(from_position=position, limit=ctx.batch_size)):
+            events.append(stored)
+    except EventSourceError as exc:
+        return events, exc
+    return events, None
+
+
+def run_batch(projection: Projection, ctx: BatchContext) -> BatchResult:
+    """One batch in one transaction: handlers, dead letters and the checkpoint commit together."""
+    name = projection.name
+    policy = projection.get_retry_policy()
+    with transaction.atomic(using=ctx.using):
+        position = _locked_position(name, ctx.using)
+        batch, read_error = _read_batch(ctx, position)
+        with _batch_span(name, position, batch) as current:
+            wanted = [stored for stored in batch if projection.is_interested_in(stored.event)]
+            handled, dead = len(wanted), 0
+            if not (
+                projection.optimistic_batches and _apply_in_one_savepoint(projection, wanted, ctx)
+            ):
+                savepoint = EventSavepoint(ctx.using)  # one object, entered once per attempt
+                traced = tracing.tracing_enabled()
+
+                def each_attempt() -> AbstractContextManager[Any]:
+                    return savepoint
+
+                for stored in wanted:
+                    attempt_scope = each_attempt
+                    if traced:
+                        attempt_scope = tracing.with_failure_spans(
+                            attempt_scope,
+                            "eventsource.projection.handler_failed",
+                            {
+                                "projection": name,
+                                "event_id": stored.event_id,
+                                "event_type": stored.event_type,
+                                "position": stored.global_position,
+                            },
+                        )
+                    failure = apply_with_retries(
+                        projection, stored.event, policy, attempt_scope=attempt_scope
+                    )
+                    if failure is not None:
+                        dead += 1
+                        _record_dead_letter(ctx, name, stored, failure.error, failure.attempts)
+            tracing.set_attributes(current, handled=handled, dead_lettered=dead)
+        count = len(batch)
+        last = (
+            (batch[-1].global_position, batch[-1].event_id, batch[-1].event_type) if batch else None
+        )
+        if read_error is not None:
+            after = batch[-1].global_position if batch else position
+            skipped, dead_lettered = _handle_unreadable(projection, ctx, after, read_error)
+            last = skipped
+            count += 1
+            handled += dead_lettered
+            dead += dead_lettered
+        if last is None:
+            return BatchResult(0, 0, 0, position, position)
+        ctx.checkpoints.update_checkpoint(name, last[1], last[2], last[0], handled)
+    return BatchResult(count, handled, dead, position, last[0])
+
+
+def _batch_span(name: str, position: int, batch: list[StoredEvent]) -> AbstractContextManager[Any]:
+    """The ``eventsource.projection.batch`` span; none for a poll that found nothing."""
+    if not batch:
+        return nullcontext()
+    attributes = {
+        "projection": name,
+        "batch_size": len(batch),
+        "from_position": position,
+        "to_position": batch[-1].global_position,
+    }
+    return tracing.span("eventsource.projection.batch", attributes)
+
+
+class EventSavepoint:
+    """One event's savepoint, created only when its handler first touches the database.
+
+    Behaves like ``transaction.atomic(using=…)`` nested in the batch transaction: if
+    the block raises, the handler's writes and the ``on_commit`` callbacks it
+    registered are discarded, and the batch carries on. But the ``SAVEPOINT`` is sent
+    just before the handler's first query on that connection (through an execute
+    wrapper), so a handler that runs no query costs no round trip, and one that does
+    pays the same two as with ``atomic``.
+    """
+
+    def __init__(self, using: str) -> None:
+        self.connection = connections[using]
+        self.sid: str | None = None
+        self._creating = False
+        self._callbacks = 0
+
+    def __call__(self, execute: Callable[..., Any], *args: Any) -> Any:
+        if self.sid is None and not self._creating:
+            self._creating = True  # the SAVEPOINT statement comes through here too
+            try:
+                self.sid = self.connection.savepoint()
+            finally:
+                self._creating = False
+        return execute(*args)
+
+    def __enter__(self) -> EventSavepoint:
+        connection = self.connection
+        if not connection.in_atomic_block:
+            raise transaction.TransactionManagementError(
+                "EventSavepoint must be used inside transaction.atomic()."
+            )
+        self.sid = None  # the object may be entered again, one block after the other
+        self._callbacks = len(connection.run_on_commit)
+        # What ``connection.execute_wrapper()`` does, without a generator per event.
+        connection.execute_wrappers.append(self)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, traceback: Any) -> None:
+        connection, sid = self.connection, self.sid
+        connection.execute_wrappers.remove(self)
+        if connection.closed_in_transaction:
+            return  # the database rolls back by itself; the batch's atomic reports it
+        if exc_type is None and not connection.needs_rollback:
+            if sid is not None:
+                connection.savepoint_commit(sid)
+            return
+        # As an inner ``atomic`` does: roll back to the savepoint and release it.
+        # Without one the handler ran no query here, so there is nothing to undo.
+        connection.needs_rollback = False
+        del connection.run_on_commit[self._callbacks :]
+        if sid is None:
+            return
+        try:
+            connection.savepoint_rollback(sid)
+            connection.savepoint_commit(sid)
+        except Exception:
+            connection.needs_rollback = True
+
+
+def _apply_in_one_savepoint(
+    projection: Projection, events: list[StoredEvent], ctx: BatchContext
+) -> bool:
+    """Apply ``events`` in a single savepoint; ``False`` (nothing kept) if any handler raised.
+
+    The fast path of projections with ``optimistic_batches``: on failure the caller
+    replays the batch with one savepoint per event, retries and dead letters.
+    """
+    try:
+        with transaction.atomic(using=ctx.using):
+            for stored in events:
+                event = stored.event
+                with event_context(
+                    causation_id=event.event_id, correlation_id=event.correlation_id
+                ):
+                    projection.process(event)
+    except Exception as exc:
+        logger.debug(
+            "Projection %s: a handler failed in the batch savepoint (%s); "
+            "replaying the batch one event at a time",
+            projection.name,
+            exc,
+            extra={"projection": projection.name},
+        )
+        return False
+    return True
+
+
+def _record_dead_letter(
+    ctx: BatchContext, name: str, stored: StoredEvent, error: BaseException, attempts: int
+) -> None:
+    logger.error(
+        "Projection %s dead-lettered event %s (%s) at position %d after %d attempts: %s",
+        name,
+        stored.event_id,
+        stored.event_type,
+        stored.global_position,
+        attempts,
+        error,
+        extra={
+            "projection": name,
+            "event_id": str(stored.event_id),
+            "event_type": stored.event_type,
+            "position": stored.global_position,
+            "attempts": attempts,
+        },
+    )
+    ctx.dead_letters.add_failed_event(
+        event_id=stored.event_id,
+        projection_name=name,
+        event_type=stored.event_type,
+        event_data=stored.event.to_dict(),
+        error=error,
+        retry_count=attempts,
+        global_position=stored.global_position,
+    )
+
+
+def _handle_unreadable(
+    projection: Projection, ctx: BatchContext, after: int, error: EventSourceError
+) -> tuple[tuple[int, UUID, str], int]:
+    """Deal with the first stored event after ``after``, which could not be deserialized.
+
+    A payload that no longer validates is dead-lettered with its raw row and skipped, so
+    one bad event never stalls the projection. An unregistered event type is skipped
+    when the projection subscribes to named classes (it cannot be one of them);
+    otherwise it is a configuration error (the module defining the event was not
+    imported) and is raised. Returns ``((position, event_id, event_type), dead_lettered)``.
+    """
+    if not isinstance(ctx.store, DjangoEventStore):
+        raise error  # only the Django store can hand over an event it cannot deserialize
+    row = ctx.store.first_raw_event_after(after)
+    if row is None:
+        raise error
+    found = (int(row["position"]), row["event_id"], str(row["event_type"]))
+    if isinstance(error, EventTypeNotFoundError):
+        wanted = {cls.event_type_name() for cls in projection.subscribed_to()}
+        if wanted and found[2] not in wanted:
+            return found, 0
+        raise error
+    raw = {key: str(value) if key.endswith("_id") else value for key, value in row.items()}
+    logger.error(
+        "Projection %s dead-lettered unreadable event %s at position %d: %s",
+        projection.name,
+        row["event_id"],
+        row["position"],
+        error,
+        extra={"projection": projection.name, "position": row["position"]},
+    )
+    ctx.dead_letters.add_failed_event(
+        event_id=row["event_id"],
+        projection_name=projection.name,
+        event_type=row["event_type"],
+        event_data=raw,
+        error=error,
+        retry_count=0,
+        global_position=row["position"],
+    )
+    return found, 1
+
+
+__all__ = ["BatchContext", "BatchResult", "EventSavepoint", "run_batch"]

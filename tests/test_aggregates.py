@@ -14,10 +14,9 @@ from django_eventsource import (
     DeclarativeAggregate,
     DomainEvent,
     EventVersionError,
-    InvalidEventError,
-    UnhandledEventError,
     handles,
 )
+from django_eventsource.exceptions import InvalidEventError, UnhandledEventError
 from tests.factories import (
     AccountClosedFactory,
     AccountOpenedFactory,

@@ -9,9 +9,10 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from django_eventsource import DomainEvent, EventBusError, InMemoryEventBus
+from django_eventsource import DomainEvent, InMemoryEventBus
 from django_eventsource.bus.interface import AsyncEventHandler
 from django_eventsource.bus.memory import InMemoryEventBusStats
+from django_eventsource.exceptions import EventBusError
 from tests.testapp.domain import AccountClosed, AccountOpened, MoneyDeposited
 
 WAIT = 10.0  # generous upper bound for cross-thread waits; never slept through

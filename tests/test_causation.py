@@ -14,10 +14,10 @@ from django_eventsource import (
     DeclarativeProjection,
     DjangoEventStore,
     DomainEvent,
-    InvalidEventError,
     event_context,
     handles,
 )
+from django_eventsource.exceptions import InvalidEventError
 from django_eventsource.projections.runner import run_projections
 from tests.testapp.domain import Account, AccountOpened, MoneyDeposited
 

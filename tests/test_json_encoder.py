@@ -9,8 +9,9 @@ from uuid import UUID, uuid4
 import pytest
 from pydantic import BaseModel
 
-from django_eventsource import DomainEvent, EventSourceJSONEncoder, SerializationError
-from django_eventsource.events.serialization import json_dumps, json_loads
+from django_eventsource import DomainEvent
+from django_eventsource.events.serialization import EventSourceJSONEncoder, json_dumps, json_loads
+from django_eventsource.exceptions import SerializationError
 
 
 class Priority(Enum):

@@ -10,7 +10,8 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.test import AsyncClient, Client, override_settings
 
-from django_eventsource import DjangoEventStore, DomainEvent, get_event_context
+from django_eventsource import DjangoEventStore, DomainEvent
+from django_eventsource.context import get_event_context
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.urls_metadata")]
 

@@ -16,12 +16,11 @@ from django_eventsource import (
     InMemoryEventStore,
     Projection,
     ProjectionCoordinator,
-    ProjectionError,
     ProjectionRegistry,
-    RetryPolicy,
     handles,
 )
-from django_eventsource.projections.base import apply_with_retries
+from django_eventsource.exceptions import ProjectionError
+from django_eventsource.projections.base import RetryPolicy, apply_with_retries
 from tests.testapp.domain import AccountClosed, AccountOpened, MoneyDeposited
 from tests.testapp.projections import open_account
 

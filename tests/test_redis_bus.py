@@ -16,9 +16,10 @@ from uuid import UUID, uuid4
 import pytest
 from asgiref.sync import async_to_sync
 
-from django_eventsource import DomainEvent, EventBusError, RedisNotAvailableError
+from django_eventsource import DomainEvent
 from django_eventsource.bus import redis as redis_bus
 from django_eventsource.bus.redis import RedisEventBus, RedisEventBusConfig
+from django_eventsource.exceptions import EventBusError, RedisNotAvailableError
 from tests.factories import account_history
 from tests.testapp.domain import AccountOpened, MoneyDeposited
 
@@ -261,7 +262,7 @@ def test_the_consumer_loop_survives_redis_going_away(
 def test_publishing_to_an_unreachable_redis_raises_a_bus_error(
     make_bus: Callable[..., RedisEventBus],
 ) -> None:
-    from django_eventsource import EventBusError
+    from django_eventsource.exceptions import EventBusError
 
     bus = make_bus(redis_url="redis://127.0.0.1:1/0", connection_retries=0)
 

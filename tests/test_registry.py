@@ -14,7 +14,6 @@ from django_eventsource import (
     DuplicateEventTypeError,
     EventRegistry,
     EventTypeNotFoundError,
-    UpcastError,
     default_registry,
     get_event_class,
     get_event_class_or_none,
@@ -24,6 +23,7 @@ from django_eventsource import (
     upcaster,
 )
 from django_eventsource.events.upcasting import find_broken_upcaster_chains
+from django_eventsource.exceptions import UpcastError
 from tests.testapp.domain import AccountOpened
 
 

@@ -21,11 +21,11 @@ from django_eventsource import (
     EventStream,
     InMemoryEventStore,
     InMemorySnapshotStore,
-    InvalidEventError,
     OptimisticLockError,
-    SnapshotData,
     event_context,
 )
+from django_eventsource.aggregates.snapshots import SnapshotData
+from django_eventsource.exceptions import InvalidEventError
 from tests.testapp.domain import Account, AccountOpened, MoneyDeposited
 
 AccountRepository = AggregateRepository[Account]

@@ -20,9 +20,8 @@ from django_eventsource import (
     InMemoryEventStore,
     InMemorySnapshotStore,
     OptimisticLockError,
-    SnapshotData,
-    SnapshotStore,
 )
+from django_eventsource.aggregates.snapshots import SnapshotData, SnapshotStore
 from django_eventsource.models import Snapshot
 from tests.testapp.domain import Account
 

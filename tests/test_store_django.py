@@ -17,14 +17,16 @@ from django.test import override_settings
 
 from django_eventsource import (
     DomainEvent,
-    DuplicateEventIdError,
     EventRegistry,
     EventTypeNotFoundError,
     ExpectedVersion,
-    InvalidEventError,
     OptimisticLockError,
     ReadDirection,
     ReadOptions,
+)
+from django_eventsource.exceptions import (
+    DuplicateEventIdError,
+    InvalidEventError,
     SerializationError,
 )
 from django_eventsource.models import EventRecord, OutboxMessage

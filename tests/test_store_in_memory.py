@@ -12,16 +12,18 @@ import pytest
 
 from django_eventsource import (
     DomainEvent,
-    DuplicateEventIdError,
     ExpectedVersion,
     InMemoryEventStore,
-    InvalidEventError,
     OptimisticLockError,
     ReadDirection,
     ReadOptions,
     StoredEvent,
 )
-from django_eventsource.exceptions import InvalidReadOptionsError
+from django_eventsource.exceptions import (
+    DuplicateEventIdError,
+    InvalidEventError,
+    InvalidReadOptionsError,
+)
 from tests.factories import AccountOpenedFactory, MoneyDepositedFactory, account_history
 
 ACCOUNT = "Account"

@@ -17,11 +17,11 @@ from django_eventsource import (
     EventStore,
     InMemoryEventStore,
     InMemorySnapshotStore,
-    InvalidEventError,
     ReadDirection,
     ReadOptions,
-    SnapshotStore,
 )
+from django_eventsource.aggregates.snapshots import SnapshotStore
+from django_eventsource.exceptions import InvalidEventError
 from tests.testapp.domain import Account, MoneyDeposited
 
 TENANT_A = UUID("aaaaaaaa-0000-4000-8000-000000000001")

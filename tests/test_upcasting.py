@@ -20,13 +20,13 @@ from django_eventsource import (
     DjangoEventStore,
     DomainEvent,
     EventRegistry,
-    UpcastError,
     default_registry,
     handles,
     upcaster,
 )
 from django_eventsource.checks import check_upcasters
 from django_eventsource.events.upcasting import find_broken_upcaster_chains
+from django_eventsource.exceptions import UpcastError
 from django_eventsource.projections.runner import run_projections
 
 

@@ -15,9 +15,9 @@ from django_eventsource import (
     EventStore,
     ExpectedVersion,
     Projection,
-    get_event_context,
     handles,
 )
+from django_eventsource.context import get_event_context
 
 from .domain import AccountOpened, MoneyDeposited, MoneyWithdrawn
 from .models import AccountSummary, HandledEvent

@@ -70,7 +70,7 @@ from .stores.interface import (
 )
 
 if TYPE_CHECKING:  # imported on first use, see __getattr__
-    from .aggregates.snapshots import DjangoSnapshotStore
+    from .aggregates.django_snapshots import DjangoSnapshotStore
     from .bus.redis import RedisEventBus, RedisEventBusConfig
     from .outbox.django import DjangoOutboxRepository
     from .outbox.relay import publish_outbox
@@ -149,7 +149,7 @@ __all__ = [
 _DEFERRED_MODULES = (
     "bus.redis",
     "stores.django",
-    "aggregates.snapshots",
+    "aggregates.django_snapshots",
     "projections.django_checkpoints",
     "projections.django_dead_letters",
     "projections.runner",

@@ -1,8 +1,9 @@
 """Snapshots: a saved aggregate state so that ``load`` only replays the newer events.
 
-``DjangoSnapshotStore`` keeps them in the ``Snapshot`` model; ``InMemorySnapshotStore``
-in a dict. A snapshot whose ``schema_version`` differs from the aggregate class's
-``schema_version`` is ignored and the aggregate is rebuilt from all its events.
+``DjangoSnapshotStore`` (in :mod:`.django_snapshots`, also importable from here) keeps
+them in the ``Snapshot`` model; ``InMemorySnapshotStore`` in a dict. A snapshot whose
+``schema_version`` differs from the aggregate class's ``schema_version`` is ignored and
+the aggregate is rebuilt from all its events.
 
 Pair each snapshot store with the event store of the same kind: ``DjangoSnapshotStore``
 with ``DjangoEventStore`` on the same database (so a snapshot commits or rolls back with
@@ -17,7 +18,7 @@ import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from asgiref.sync import sync_to_async
@@ -86,120 +87,18 @@ class InMemorySnapshotStore(SnapshotStore):
             self._snapshots.pop((aggregate_type, aggregate_id), None)
 
 
-class DjangoSnapshotStore(SnapshotStore):
-    """Snapshots in the ``Snapshot`` model, one row per aggregate (the latest).
+def __getattr__(name: str) -> Any:
+    # DjangoSnapshotStore needs the app's models: imported on first use, so that the
+    # in-memory store and the contract import without configured Django settings.
+    if name == "DjangoSnapshotStore":
+        from .django_snapshots import DjangoSnapshotStore
 
-    ``using`` names the database; by default the router's choice for ``Snapshot``,
-    which must be the event store's database for snapshots to share its transaction.
-    """
+        return DjangoSnapshotStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    def __init__(self, using: str | None = None) -> None:
-        self._using = using
 
-    def _db(self, write: bool = False) -> str:
-        from django.db import router
-
-        from ..models import Snapshot
-
-        if self._using:
-            return self._using
-        return (router.db_for_write if write else router.db_for_read)(Snapshot) or "default"
-
-    def get_snapshot(self, aggregate_id: UUID, aggregate_type: str) -> SnapshotData | None:
-        from ..models import Snapshot
-
-        rows = list(
-            Snapshot.objects.using(self._db())
-            .filter(aggregate_type=aggregate_type, aggregate_id=aggregate_id)
-            .values_list("version", "schema_version", "state", "tenant_id", "created_at")[:1]
-        )
-        if not rows:
-            return None
-        version, schema_version, state, tenant_id, created_at = rows[0]
-        return SnapshotData(
-            aggregate_id=aggregate_id,
-            aggregate_type=aggregate_type,
-            version=version,
-            schema_version=schema_version,
-            state=state,
-            tenant_id=tenant_id,
-            created_at=created_at,
-        )
-
-    def save_snapshot(self, snapshot: SnapshotData) -> None:
-        """Store ``snapshot`` unless a newer one is already stored.
-
-        Inside ``AggregateRepository.save`` this joins the save's transaction, so the
-        snapshot commits or rolls back with the events. It runs in a savepoint: a failed
-        snapshot write (a concurrent writer, a serialization error) is logged and rolled
-        back alone, never failing the save — snapshots are only an optimisation.
-        """
-        from django.db import DatabaseError, transaction
-
-        db = self._db(write=True)
-        try:
-            with transaction.atomic(using=db):
-                self._write(db, snapshot)
-        except DatabaseError:
-            logger.warning(
-                "Could not store the snapshot of %s %s at version %s",
-                snapshot.aggregate_type,
-                snapshot.aggregate_id,
-                snapshot.version,
-                exc_info=True,
-            )
-
-    def _write(self, db: str, snapshot: SnapshotData) -> None:
-        from django.db import IntegrityError, transaction
-
-        from ..models import Snapshot
-
-        if self._replace_older(db, snapshot):
-            return
-        try:
-            with transaction.atomic(using=db):
-                Snapshot.objects.using(db).create(
-                    aggregate_type=snapshot.aggregate_type,
-                    aggregate_id=snapshot.aggregate_id,
-                    version=snapshot.version,
-                    schema_version=snapshot.schema_version,
-                    state=snapshot.state,
-                    tenant_id=snapshot.tenant_id,
-                    created_at=snapshot.created_at,
-                )
-        except IntegrityError:
-            # The row exists: it is newer than ours, or a concurrent writer inserted it
-            # first. Replace it only if it is older.
-            self._replace_older(db, snapshot)
-
-    @staticmethod
-    def _replace_older(db: str, snapshot: SnapshotData) -> bool:
-        """Overwrite the stored snapshot if it is not newer; whether a row was updated."""
-        from ..models import Snapshot
-
-        updated = (
-            Snapshot.objects.using(db)
-            .filter(
-                aggregate_type=snapshot.aggregate_type,
-                aggregate_id=snapshot.aggregate_id,
-                version__lte=snapshot.version,
-            )
-            .update(
-                version=snapshot.version,
-                schema_version=snapshot.schema_version,
-                state=snapshot.state,
-                tenant_id=snapshot.tenant_id,
-                created_at=snapshot.created_at,
-            )
-        )
-        return updated > 0
-
-    def delete_snapshots(self, aggregate_id: UUID, aggregate_type: str) -> None:
-        from ..models import Snapshot
-
-        Snapshot.objects.using(self._db(write=True)).filter(
-            aggregate_type=aggregate_type, aggregate_id=aggregate_id
-        ).delete()
+if TYPE_CHECKING:
+    from .django_snapshots import DjangoSnapshotStore
 
 
 __all__ = ["DjangoSnapshotStore", "InMemorySnapshotStore", "SnapshotData", "SnapshotStore"]

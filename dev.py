@@ -74,20 +74,6 @@ def demo(args: list[str]) -> None:
     run(PYTHON, "manage.py", "demo", *args, env=env)
 
 
-#: Tests of the SQL the app sends itself (store, outbox, relay, projection runner).
-SERVER_SIDE_BINDING_TESTS = [
-    "tests/test_store_django.py",
-    "tests/test_store_concurrency.py",
-    "tests/test_store_differential.py",
-    "tests/test_repository_django.py",
-    "tests/test_snapshots.py",
-    "tests/test_outbox_repository.py",
-    "tests/test_relay.py",
-    "tests/test_relay_redis.py",
-    "tests/test_projections_runner.py",
-    "tests/test_event_savepoint.py",
-    "tests/test_admin.py",
-]
 
 
 def test(args: list[str]) -> None:
@@ -121,7 +107,7 @@ def test(args: list[str]) -> None:
             "EVENTSOURCE_TEST_DB_SUFFIX": os.environ.get("EVENTSOURCE_TEST_DB_SUFFIX", "")
             + "_ssb",
         }
-        run(PYTHON, "-m", "pytest", *parallel, *SERVER_SIDE_BINDING_TESTS, env=env)
+        run(PYTHON, "-m", "pytest", *parallel, "-m", "own_sql", env=env)
 
 
 def check(args: list[str]) -> None:

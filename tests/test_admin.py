@@ -24,7 +24,7 @@ from django_eventsource.projections.django_dead_letters import DjangoDLQReposito
 from tests.factories import AccountOpenedFactory, account_history
 from tests.testapp.domain import MoneyDeposited
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.own_sql, pytest.mark.django_db]
 
 PROJECTION = "tests.test_admin.FlakyLedger"
 

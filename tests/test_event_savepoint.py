@@ -15,7 +15,8 @@ from django_eventsource.projections.runner import run_projections
 from tests.testapp.models import HandledEvent
 from tests.testapp.projections import COUNTING, SUMMARY, open_account
 
-pytestmark = pytest.mark.django_db(transaction=True)  # on_commit callbacks must really run
+# on_commit callbacks must really run.
+pytestmark = [pytest.mark.own_sql, pytest.mark.django_db(transaction=True)]
 
 
 def _row(name: str = "p") -> HandledEvent:

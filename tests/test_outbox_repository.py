@@ -23,6 +23,9 @@ from django_eventsource.models import OutboxMessage
 from django_eventsource.outbox.rows import OutboxFailure, OutboxStatus
 from tests.factories import account_history
 
+# Runs the SQL the app writes itself (again with server-side binding in CI).
+pytestmark = pytest.mark.own_sql
+
 
 @pytest.fixture(params=["django", "memory"])
 def repo(request: pytest.FixtureRequest) -> Iterator[OutboxRepository]:

@@ -28,7 +28,7 @@ from tests.testapp.projections import (
     open_account,
 )
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.own_sql, pytest.mark.django_db]
 
 
 @pytest.fixture

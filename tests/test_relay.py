@@ -23,6 +23,9 @@ from django_eventsource.outbox.relay import backoff_delay, publish_outbox, retry
 from django_eventsource.tasks import publish_outbox as publish_outbox_task
 from tests.factories import account_history
 
+# Runs the SQL the app writes itself (again with server-side binding in CI).
+pytestmark = pytest.mark.own_sql
+
 
 class RecordingBus(EventBus):
     """Remembers what was published; raises while ``down`` is set."""

@@ -16,7 +16,7 @@ from django_eventsource.models import OutboxMessage
 from django_eventsource.outbox.relay import publish_outbox
 from tests.testapp.domain import Account
 
-pytestmark = [pytest.mark.redis, pytest.mark.django_db]
+pytestmark = [pytest.mark.own_sql, pytest.mark.redis, pytest.mark.django_db]
 
 
 @pytest.fixture

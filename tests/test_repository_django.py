@@ -23,6 +23,9 @@ from django_eventsource.models import EventRecord, OutboxMessage, Snapshot
 from django_eventsource.stores.django import DjangoEventStore
 from tests.testapp.domain import Account
 
+# Runs the SQL the app writes itself (again with server-side binding in CI).
+pytestmark = pytest.mark.own_sql
+
 CaptureCallbacks = Callable[..., AbstractContextManager[list[Callable[[], Any]]]]
 
 

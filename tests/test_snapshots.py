@@ -25,6 +25,9 @@ from django_eventsource.aggregates.snapshots import SnapshotData, SnapshotStore
 from django_eventsource.models import Snapshot
 from tests.testapp.domain import Account
 
+# Runs the SQL the app writes itself (again with server-side binding in CI).
+pytestmark = pytest.mark.own_sql
+
 
 class CountingMemoryStore(InMemoryEventStore):
     """Counts the events handed out by ``get_events`` (what ``load`` reads)."""

@@ -22,6 +22,9 @@ from django_eventsource import (
 from django_eventsource.stores.django import DjangoEventStore
 from tests.testapp.domain import Account, AccountOpened, MoneyDeposited
 
+# Runs the SQL the app writes itself (again with server-side binding in CI).
+pytestmark = pytest.mark.own_sql
+
 WAIT = 10.0  # seconds any synchronization may take before the test fails
 
 

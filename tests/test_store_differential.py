@@ -26,6 +26,9 @@ from django_eventsource.models import EventRecord
 from django_eventsource.stores.django import DjangoEventStore
 from tests.testapp.domain import AccountOpened, MoneyDeposited
 
+# Runs the SQL the app writes itself (again with server-side binding in CI).
+pytestmark = pytest.mark.own_sql
+
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 STREAMS = 3
 TENANTS = [UUID(int=1), UUID(int=2)]

@@ -33,7 +33,7 @@ from django_eventsource.models import EventRecord, OutboxMessage
 from django_eventsource.stores.django import NOTIFY_CHANNEL, DjangoEventStore
 from tests.testapp.domain import AccountOpened, MoneyDeposited
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.own_sql, pytest.mark.django_db]
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 

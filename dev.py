@@ -4,7 +4,7 @@
     python3 dev.py demo    # set up .venv, migrate the example project (SQLite), run the demo
     python3 dev.py test    # set up .venv, run the test suite on SQLite, then on PostgreSQL
     python3 dev.py test --quick   # the same without the slow tests (CI runs everything)
-    python3 dev.py check   # ruff, mypy --strict, makemigrations --check, mkdocs build --strict
+    python3 dev.py check   # ruff check and format, mypy --strict, makemigrations --check, mkdocs build --strict
 
 The first run creates ``.venv`` and installs the project with its ``dev`` extra; later
 runs reuse it until ``pyproject.toml`` changes.
@@ -74,8 +74,6 @@ def demo(args: list[str]) -> None:
     run(PYTHON, "manage.py", "demo", *args, env=env)
 
 
-
-
 def test(args: list[str]) -> None:
     ensure_venv()
     if "--quick" in args:
@@ -104,8 +102,7 @@ def test(args: list[str]) -> None:
             **os.environ,
             "EVENTSOURCE_TEST_DB": "postgres",
             "EVENTSOURCE_TEST_PG_SERVER_SIDE_BINDING": "1",
-            "EVENTSOURCE_TEST_DB_SUFFIX": os.environ.get("EVENTSOURCE_TEST_DB_SUFFIX", "")
-            + "_ssb",
+            "EVENTSOURCE_TEST_DB_SUFFIX": os.environ.get("EVENTSOURCE_TEST_DB_SUFFIX", "") + "_ssb",
         }
         run(PYTHON, "-m", "pytest", *parallel, "-m", "own_sql", env=env)
 
@@ -113,6 +110,7 @@ def test(args: list[str]) -> None:
 def check(args: list[str]) -> None:
     ensure_venv()
     run(PYTHON, "-m", "ruff", "check", ".")
+    run(PYTHON, "-m", "ruff", "format", "--check", ".")
     run(PYTHON, "-m", "mypy", "django_eventsource")
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "example_project.settings"}
     run(PYTHON, "manage.py", "makemigrations", "--check", "--dry-run", env=env)

@@ -132,8 +132,7 @@ def check_numeric_settings(
         if not _is_number(value) or value < 0:
             messages.append(
                 Error(
-                    f"EVENTSOURCE_{name} must be a non-negative number of seconds, "
-                    f"got {value!r}.",
+                    f"EVENTSOURCE_{name} must be a non-negative number of seconds, got {value!r}.",
                     hint=f"Remove EVENTSOURCE_{name} to use the default of {conf.default(name)!r}.",
                     id="django_eventsource.E003",
                 )

@@ -29,7 +29,8 @@ class EventContext:
 
 # EventContext is a frozen dataclass, so sharing one instance as the default is safe.
 _current: ContextVar[EventContext] = ContextVar(
-    "eventsource_context", default=EventContext()  # noqa: B039
+    "eventsource_context",
+    default=EventContext(),  # noqa: B039
 )
 
 

@@ -168,9 +168,7 @@ class EventTypeNotFoundError(EventSourceError, KeyError):
         self.event_type = event_type
         self.available_types = sorted(available)
         listed = ", ".join(self.available_types) if self.available_types else "(none)"
-        super().__init__(
-            f"Unknown event type {event_type!r}. Registered event types: {listed}"
-        )
+        super().__init__(f"Unknown event type {event_type!r}. Registered event types: {listed}")
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return str(self.args[0])
@@ -195,8 +193,7 @@ class RedisNotAvailableError(EventBusError, ImportError):
 
     def __init__(self) -> None:
         super().__init__(
-            "The Redis event bus needs the 'redis' package: "
-            "pip install 'django-eventsource[redis]'"
+            "The Redis event bus needs the 'redis' package: pip install 'django-eventsource[redis]'"
         )
 
 

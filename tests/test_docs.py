@@ -103,7 +103,7 @@ def test_getting_started_guide_works_in_a_new_project(tmp_path: Path) -> None:
     assert "python manage.py run_projections --once" in ran
     # The projection's effect, checked independently of the guide's own check.
     check = run_guide_command(
-        "python manage.py shell -c \"from todo.models import TaskListItem; "
+        'python manage.py shell -c "from todo.models import TaskListItem; '
         "print(TaskListItem.objects.filter(title='Write the docs', done=True).count())\"",
         tmp_path,
         env,
@@ -158,9 +158,7 @@ def test_commands_page_documents_every_option_of(name: str) -> None:
 def test_api_reference_covers_every_public_name() -> None:
     page = (DOCS / "api.md").read_text()
     directives = {
-        line.split()[1].rsplit(".", 1)[-1]
-        for line in page.splitlines()
-        if line.startswith("::: ")
+        line.split()[1].rsplit(".", 1)[-1] for line in page.splitlines() if line.startswith("::: ")
     }
     missing = sorted(set(django_eventsource.__all__) - directives - {"__version__"})
     assert not missing, f"api.md has no ::: directive for {missing}"

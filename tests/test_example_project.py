@@ -19,7 +19,6 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 
 
-
 def manage(*args: str, env: dict[str, str]) -> str:
     completed = subprocess.run(
         [sys.executable, "manage.py", *args],

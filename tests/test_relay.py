@@ -355,9 +355,7 @@ class SerializedRecordingBus(RecordingBus):
 
 
 def _published_versions(bus: SerializedRecordingBus, aggregate_id: UUID) -> list[int]:
-    return [
-        p["aggregate_version"] for p in bus.payloads if p["aggregate_id"] == str(aggregate_id)
-    ]
+    return [p["aggregate_version"] for p in bus.payloads if p["aggregate_id"] == str(aggregate_id)]
 
 
 @pytest.mark.django_db

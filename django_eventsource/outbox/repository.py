@@ -163,7 +163,6 @@ class OutboxRepository(ABC):
         return await sync_to_async(self.retry_failed)(ids)
 
 
-
 class InMemoryOutboxRepository(OutboxRepository):
     """Outbox rows in a dict, for tests and the framework-free setup. Thread-safe."""
 

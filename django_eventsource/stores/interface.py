@@ -383,8 +383,8 @@ class EventStore(ABC):
         remaining = opts.limit
         position = opts.from_position
         while remaining is None or remaining > 0:
-            page_size = self.async_page_size if remaining is None else min(
-                remaining, self.async_page_size
+            page_size = (
+                self.async_page_size if remaining is None else min(remaining, self.async_page_size)
             )
             page_opts = replace(opts, from_position=position, limit=page_size)
             page = await sync_to_async(lambda o=page_opts: list(reader(o)))()

@@ -59,4 +59,3 @@ def _summary(report: RelayReport) -> str:
         f"published {report.published}, retried {report.retried}, "
         f"failed {report.failed}, cleaned {report.cleaned}"
     )
-

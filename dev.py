@@ -4,7 +4,7 @@
     python3 dev.py demo    # set up .venv, migrate the example project (SQLite), run the demo
     python3 dev.py test    # set up .venv, run the test suite on SQLite, then on PostgreSQL
     python3 dev.py test --quick   # the same without the slow tests (CI runs everything)
-    python3 dev.py check   # ruff check and format, mypy --strict, makemigrations --check, mkdocs build --strict
+    python3 dev.py check   # ruff (lint, format), mypy --strict, migrations, docs build
 
 The first run creates ``.venv`` and installs the project with its ``dev`` extra; later
 runs reuse it until ``pyproject.toml`` changes.

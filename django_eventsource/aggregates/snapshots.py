@@ -1,7 +1,7 @@
 """Snapshots: a saved aggregate state so that ``load`` only replays the newer events.
 
-``DjangoSnapshotStore`` (in :mod:`.django_snapshots`, also importable from here) keeps
-them in the ``Snapshot`` model; ``InMemorySnapshotStore`` in a dict. A snapshot whose
+``DjangoSnapshotStore`` (in :mod:`.django_snapshots`) keeps them in the ``Snapshot``
+model; ``InMemorySnapshotStore`` in a dict. A snapshot whose
 ``schema_version`` differs from the aggregate class's ``schema_version`` is ignored and
 the aggregate is rebuilt from all its events.
 
@@ -18,7 +18,7 @@ import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
 from asgiref.sync import sync_to_async
@@ -87,18 +87,4 @@ class InMemorySnapshotStore(SnapshotStore):
             self._snapshots.pop((aggregate_type, aggregate_id), None)
 
 
-def __getattr__(name: str) -> Any:
-    # DjangoSnapshotStore needs the app's models: imported on first use, so that the
-    # in-memory store and the contract import without configured Django settings.
-    if name == "DjangoSnapshotStore":
-        from .django_snapshots import DjangoSnapshotStore
-
-        return DjangoSnapshotStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-if TYPE_CHECKING:
-    from .django_snapshots import DjangoSnapshotStore
-
-
-__all__ = ["DjangoSnapshotStore", "InMemorySnapshotStore", "SnapshotData", "SnapshotStore"]
+__all__ = ["InMemorySnapshotStore", "SnapshotData", "SnapshotStore"]

@@ -2,8 +2,8 @@
 
 ``rows`` (value objects) and ``repository`` (the contract and the in-memory
 implementation) are framework-free and imported here directly. ``DjangoOutboxRepository``
-(``outbox.django``) and the relay (``outbox.relay``) are resolved on first use (PEP 562),
-so the event store can import ``outbox.rows`` without loading the relay and its bus.
+(``outbox.django``) and the relay (``outbox.relay``) are resolved on first use (PEP 562):
+they need configured Django models and the bus, which the framework-free names do not.
 """
 
 from __future__ import annotations

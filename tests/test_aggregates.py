@@ -103,6 +103,18 @@ def test_an_event_that_skips_a_version_is_refused(wrong_version: int) -> None:
     assert not account.has_uncommitted_events
 
 
+def test_a_version_error_names_the_event_and_both_versions() -> None:
+    account = Account(uuid4())
+    event = AccountOpenedFactory(aggregate_id=account.aggregate_id, aggregate_version=4)
+    with pytest.raises(EventVersionError) as excinfo:
+        account.apply_event(event)
+    error = excinfo.value
+    assert (error.event_id, error.expected_version, error.actual_version) == (event.event_id, 1, 4)
+    assert str(event.event_id) in str(error)
+    assert "aggregate_version 4" in str(error)
+    assert "expected version 1" in str(error)
+
+
 def test_an_event_replayed_twice_is_refused() -> None:
     history = account_history(deposits=1)
     account = Account(history[0].aggregate_id)

@@ -83,7 +83,9 @@ class AggregateRoot(Generic[TState], ABC):
             )
         expected = self._version + 1
         if event.aggregate_version != expected:
-            raise EventVersionError(self._aggregate_id, expected, event.aggregate_version)
+            raise EventVersionError(
+                self._aggregate_id, expected, event.aggregate_version, event_id=event.event_id
+            )
         self._apply(event)
         self._version = event.aggregate_version
         if is_new:

@@ -22,9 +22,12 @@ from django_eventsource import (
     register_event,
     upcaster,
 )
+from django_eventsource.bus.memory import InMemoryEventBus
 from django_eventsource.bus.redis import RedisEventBus
 from django_eventsource.events.upcasting import find_broken_upcaster_chains
 from django_eventsource.exceptions import SerializationError, UpcastError
+from django_eventsource.outbox.relay import OutboxRelay
+from django_eventsource.outbox.repository import InMemoryOutboxRepository
 from tests.testapp.domain import AccountOpened
 
 
@@ -198,6 +201,12 @@ def test_an_empty_registry_is_truthy_and_its_length_counts_the_types() -> None:
 def test_an_empty_registry_given_to_the_redis_bus_is_the_one_it_decodes_with() -> None:
     empty = EventRegistry()
     assert RedisEventBus(event_registry=empty).registry is empty
+
+
+def test_an_empty_registry_given_to_the_outbox_relay_is_the_one_it_decodes_with() -> None:
+    empty = EventRegistry()
+    relay = OutboxRelay(InMemoryEventBus(), InMemoryOutboxRepository(), registry=empty)
+    assert relay.registry is empty
 
 
 def test_concurrent_registration_and_lookup_lose_nothing(registry: EventRegistry) -> None:

@@ -40,7 +40,7 @@ from ..bus import get_event_bus
 from ..bus.interface import EventBus
 from ..conf import conf
 from ..events.base import DomainEvent
-from ..events.registry import EventRegistry, default_registry
+from ..events.registry import EventRegistry, resolve_registry
 from ..events.serialization import StoredEventData
 from ..exceptions import EventBusError
 from .repository import OutboxRepository
@@ -135,7 +135,7 @@ class OutboxRelay:
         self.bus = bus
         self.repository = repository or _default_repository()
         self.batch_size = batch_size or conf.OUTBOX_BATCH_SIZE
-        self.registry = registry or default_registry
+        self.registry = resolve_registry(registry)
         self.name = name or worker_id()
         self.overlap = isinstance(bus, SerializedEventPublisher) if overlap is None else overlap
         #: The next batch, claimed together with marking the previous one published.

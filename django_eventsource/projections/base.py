@@ -20,7 +20,13 @@ from typing import Any, ClassVar
 from .._runtime import full_jitter_delay, run_to_completion
 from ..context import event_context
 from ..events.base import DomainEvent
-from ..events.handlers import collect_handlers, find_handler_name
+from ..events.handlers import (
+    AsyncEventHandlerBase,
+    EventHandlerBase,
+    check_handler_signatures,
+    collect_handlers,
+    find_handler_name,
+)
 from .checkpoints import CheckpointRepository, InMemoryCheckpointRepository
 from .dead_letters import DLQRepository, InMemoryDLQRepository
 
@@ -132,13 +138,23 @@ class DeclarativeProjection(Projection):
 
     A handler may be ``async def``; it is run to completion. Events without a handler
     are not subscribed to, so they are skipped.
+
+    A handler that cannot be called with exactly one event besides ``self`` is a
+    ``TypeError`` when the class is defined.
     """
 
     _handlers: ClassVar[dict[type[DomainEvent], str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls._handlers = collect_handlers(cls)
+        handlers = collect_handlers(cls)
+        check_handler_signatures(cls, handlers)
+        cls._handlers = handlers
+
+    @classmethod
+    def get_handlers(cls) -> dict[type[DomainEvent], str]:
+        """The ``@handles`` methods: each handled event class and its method's name."""
+        return dict(cls._handlers)
 
     def subscribed_to(self) -> list[type[DomainEvent]]:
         return list(self._handlers)
@@ -256,8 +272,10 @@ class CheckpointTrackingProjection(DeclarativeProjection):
 
 
 __all__ = [
+    "AsyncEventHandlerBase",
     "CheckpointTrackingProjection",
     "DeclarativeProjection",
+    "EventHandlerBase",
     "HandlingFailure",
     "Projection",
     "RetryPolicy",

@@ -148,7 +148,9 @@ class DeclarativeProjection(Projection):
     are not subscribed to, so they are skipped.
 
     A handler that cannot be called with exactly one event besides ``self`` is a
-    ``TypeError`` when the class is defined.
+    ``TypeError`` when the class is defined. ``manage.py check`` reports the projections
+    of ``EVENTSOURCE_PROJECTIONS`` that handle an event class nothing registered matches
+    (``django_eventsource.E020``) or subscribe to one they never handle (``W020``).
     """
 
     _handlers: ClassVar[dict[type[DomainEvent], str]] = {}

@@ -10,25 +10,23 @@ registry. Catch-up reads never pass ``safe_high_water_mark()``; see
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from django.db import IntegrityError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
-from pydantic import ValidationError
 
 from .. import tracing
 from ..conf import conf
 from ..events.base import DomainEvent
 from ..events.registry import EventRegistry, default_registry
 from ..events.serialization import outbox_row_values
-from ..exceptions import OptimisticLockError, SerializationError
+from ..exceptions import OptimisticLockError
 from ..models import EventRecord, OutboxMessage
 from ._gaps import _GapState, _parse_blockers
 from .interface import (
@@ -42,11 +40,10 @@ from .interface import (
     make_stream_id,
     parse_stream_id,
 )
+from .rows import RowDecoder
 from .sql import (
-    _ENVELOPE_KEYS,
     _INSERT_COLUMNS,
     _as_uuid,
-    _document,
     _Sql,
     as_utc_datetime,
     fast_read_cursor,
@@ -81,15 +78,14 @@ class DjangoEventStore(EventStore):
     ) -> None:
         self.using = using
         self.outbox_enabled = outbox_enabled
-        self._registry = registry
+        self._rows = RowDecoder(registry if registry is not None else default_registry)
         self._gap_states: dict[str, _GapState] = {}
         self._gap_states_lock = threading.Lock()
-        self._versions: dict[type[DomainEvent], int] = {}
 
     @property
     def registry(self) -> EventRegistry:
         """The registry events are rebuilt with."""
-        return self._registry if self._registry is not None else default_registry
+        return self._rows.registry
 
     # -- databases and transactions ------------------------------------------------------
 
@@ -334,7 +330,7 @@ class DjangoEventStore(EventStore):
                 params,
             )
             rows = cursor.fetchall()
-        events = list(self._events(rows))
+        events = list(self._rows.events(rows))
         return EventStream.of(agg_id, aggregate_type, events, from_version)
 
     def get_events_by_type(
@@ -502,7 +498,7 @@ class DjangoEventStore(EventStore):
             with fast_read_cursor(conn) as cursor:
                 cursor.execute(sql, page_params)
                 rows = cursor.fetchall()
-            for row, event in zip(rows, self._events(rows), strict=True):
+            for row, event in zip(rows, self._rows.events(rows), strict=True):
                 stream_key = (row[5], row[6])
                 stream_id = stream_ids.get(stream_key)
                 if stream_id is None:
@@ -545,85 +541,6 @@ class DjangoEventStore(EventStore):
             where.append(f"{q.c('tenant_id')} = %s")
             params.append(q.uuid_to_db(coerce_uuid(opts.tenant_id, "tenant_id")))
         self._time_filters(q, where, params, opts.from_timestamp, opts.to_timestamp)
-
-    # -- rebuilding events --------------------------------------------------------------
-
-    def _events(self, rows: Sequence[Sequence[Any]]) -> Iterator[DomainEvent]:
-        """Rebuild the events of ``rows`` (of ``_READ_COLUMNS``), one at a time.
-
-        Lazily, so that a caller handles every event before one that fails to rebuild.
-        """
-        registry = self.registry
-        # (event_type, event_version) -> the class's JSON validator, or None for rows
-        # that take the full path.
-        validators: dict[tuple[str, int], Callable[[str], Any] | None] = {}
-        for row in rows:
-            version_key = (row[2], row[3])
-            try:
-                validate = validators[version_key]
-            except KeyError:
-                validate = validators[version_key] = self._json_validator(registry, row)
-            if validate is None:
-                yield self._event_from_values(row, registry.get_or_none(row[2]))
-                continue
-            # SQLite returns every column as text: write them into one JSON document
-            # that pydantic-core parses and validates without building Python values
-            # first. A failure is retried on the full path, which explains it.
-            try:
-                event = validate(_document(row))
-            except ValidationError:
-                event = self._event_from_values(row, registry.get_or_none(row[2]))
-            yield event
-
-    def _json_validator(
-        self, registry: EventRegistry, row: Sequence[Any]
-    ) -> Callable[[str], Any] | None:
-        """``validate_json`` of the row's event class, if the row can use it."""
-        if type(row[1]) is not str:  # not SQLite text
-            return None
-        event_class = registry.get_or_none(row[2])
-        if event_class is None or row[3] < self._current_version(event_class):
-            return None
-        return event_class.__pydantic_validator__.validate_json
-
-    def _event_from_values(
-        self, row: Sequence[Any], event_class: type[DomainEvent] | None
-    ) -> DomainEvent:
-        """``_event`` from the row's values as the driver returns them."""
-        payload = row[13]
-        data: dict[str, Any] = (
-            json.loads(payload) if isinstance(payload, str | bytes) else dict(payload)
-        )
-        data.update(zip(_ENVELOPE_KEYS, row[1:12], strict=True))
-        occurred_at = row[4]
-        if type(occurred_at) is datetime and occurred_at.tzinfo is None:
-            data["occurred_at"] = occurred_at.replace(tzinfo=UTC)
-        metadata = row[14]
-        if metadata == "{}":
-            data["metadata"] = {}
-        elif isinstance(metadata, str | bytes):
-            data["metadata"] = json.loads(metadata)
-        else:
-            data["metadata"] = metadata
-        event_type = row[2]
-        registry = self.registry
-        if event_class is None or row[3] < self._current_version(event_class):
-            # Unknown types and old schema versions take the full path: a clear error
-            # naming the registered types, or the upcaster chain.
-            return registry.deserialize(data)
-        try:
-            return event_class.model_validate(data)
-        except ValidationError as exc:
-            raise SerializationError(
-                f"Stored event {data.get('event_id')} of type {event_type!r} no longer "
-                f"validates as {event_class.__qualname__}: {exc}"
-            ) from exc
-
-    def _current_version(self, event_class: type[DomainEvent]) -> int:
-        version = self._versions.get(event_class)
-        if version is None:
-            version = self._versions[event_class] = event_class.current_event_version()
-        return version
 
     # -- gap-safe catch-up --------------------------------------------------------------
 

@@ -10,8 +10,6 @@ registry. Catch-up reads never pass ``safe_high_water_mark()``; see
 from __future__ import annotations
 
 import contextlib
-import logging
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -28,7 +26,7 @@ from ..events.registry import EventRegistry, default_registry
 from ..events.serialization import outbox_row_values
 from ..exceptions import OptimisticLockError
 from ..models import EventRecord, OutboxMessage
-from ._gaps import _GapState, _parse_blockers
+from ._gaps import GapTracker
 from .interface import (
     AppendResult,
     EventStore,
@@ -49,8 +47,6 @@ from .sql import (
     fast_read_cursor,
 )
 from .validation import check_existing_ids, check_versions, coerce_uuid, validate_append
-
-logger = logging.getLogger("django_eventsource")
 
 #: PostgreSQL ``LISTEN`` channel notified (at commit) with the last appended position.
 NOTIFY_CHANNEL = "eventsource_events"
@@ -79,8 +75,7 @@ class DjangoEventStore(EventStore):
         self.using = using
         self.outbox_enabled = outbox_enabled
         self._rows = RowDecoder(registry if registry is not None else default_registry)
-        self._gap_states: dict[str, _GapState] = {}
-        self._gap_states_lock = threading.Lock()
+        self._gaps = GapTracker()
 
     @property
     def registry(self) -> EventRegistry:
@@ -560,21 +555,8 @@ class DjangoEventStore(EventStore):
         ``read_all`` cannot turn back into a ``DomainEvent`` (the projection runner
         dead-letters it). Like ``read_all``, it never looks past the safe high-water mark.
         """
-        return (
-            EventRecord.objects.using(self.db_for_read())
-            .filter(position__gt=position, position__lte=self.safe_high_water_mark())
-            .order_by("position")
-            .values(
-                "position",
-                "event_id",
-                "event_type",
-                "event_version",
-                "aggregate_id",
-                "aggregate_type",
-                "aggregate_version",
-                "payload",
-            )
-            .first()
+        return self._gaps.first_row_after(
+            self.db_for_read(), position, ceiling=self.safe_high_water_mark()
         )
 
     def get_reader_blockers(self) -> list[ReaderBlocker]:
@@ -582,98 +564,11 @@ class DjangoEventStore(EventStore):
 
         Always empty on other databases, where writers never leave a gap behind them.
         """
-        conn = connections[self.db_for_read()]
-        if conn.vendor != "postgresql":
-            return []
-        q = _Sql.get(conn)
-        with conn.cursor() as cursor:
-            cursor.execute(f"SELECT 0, {q.blockers_sql}", [q.raw_table])
-            _, blockers = cursor.fetchone()
-        return [blocker for _, blocker in _parse_blockers(blockers)]
+        return self._gaps.blockers(self.db_for_read())
 
     def _high_water_mark(self, alias: str, *, after: int) -> tuple[int, int]:
         """``(safe mark, max visible position)`` for a reader that has read up to ``after``."""
-        conn = connections[alias]
-        q = _Sql.get(conn)
-        if conn.vendor != "postgresql":
-            with conn.cursor() as cursor:
-                cursor.execute(f"SELECT COALESCE(MAX({q.c('position')}), 0) FROM {q.table}")
-                visible_max = int(cursor.fetchone()[0])
-            return visible_max, visible_max
-        with conn.cursor() as cursor:
-            # One statement: its snapshot gives M, and pg_locks is read after that
-            # snapshot was taken. Every position <= M was allocated before the snapshot,
-            # so a transaction holding one of them is either finished or listed.
-            cursor.execute(
-                f"SELECT (SELECT COALESCE(MAX({q.c('position')}), 0) FROM {q.table}), "
-                f"{q.blockers_sql}",
-                [q.raw_table],
-            )
-            visible_max, raw_blockers = cursor.fetchone()
-            visible_max = int(visible_max)
-            blockers = _parse_blockers(raw_blockers)
-            state = self._gap_state(alias)
-            with state.lock:
-                holders = frozenset(vxid for vxid, _ in blockers)
-                if state.pending is not None and not (state.pending[1] & holders):
-                    state.floor = max(state.floor, state.pending[0])
-                    state.pending = None
-                if state.floor > visible_max:  # the table was emptied
-                    state.floor, state.pending = 0, None
-                if not blockers:
-                    state.floor, state.pending = visible_max, None
-                    state.warned.clear()
-                    return visible_max, visible_max
-                if state.pending is None:
-                    state.pending = (visible_max, holders)
-                floor = state.floor
-                self._warn_long_blockers(state, blockers)
-            base = max(after, floor)
-            if base >= visible_max:
-                return visible_max, visible_max
-            bound = min(visible_max, base + self.gap_scan_window)
-            pos = q.c("position")
-            # The end of the contiguous run of visible positions after ``base``: one
-            # index-only range scan of at most ``gap_scan_window`` entries.
-            cursor.execute(
-                f"SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM {q.table} WHERE {pos} = %s) "
-                f"THEN %s ELSE (SELECT MIN(run.{pos}) FROM (SELECT {pos}, "
-                f"lead({pos}) OVER (ORDER BY {pos}) AS next FROM {q.table} "
-                f"WHERE {pos} > %s AND {pos} <= %s) run "
-                f"WHERE run.next IS NULL OR run.next <> run.{pos} + 1) END",
-                [base + 1, base, base, bound],
-            )
-            return int(cursor.fetchone()[0]), visible_max
-
-    def _gap_state(self, alias: str) -> _GapState:
-        with self._gap_states_lock:
-            state = self._gap_states.get(alias)
-            if state is None:
-                state = self._gap_states[alias] = _GapState()
-            return state
-
-    @staticmethod
-    def _warn_long_blockers(state: _GapState, blockers: list[tuple[str, ReaderBlocker]]) -> None:
-        threshold = float(conf.HELD_BACK_WARNING_SECONDS)
-        state.warned &= {vxid for vxid, _ in blockers}
-        for vxid, blocker in blockers:
-            if blocker.duration_seconds >= threshold and vxid not in state.warned:
-                state.warned.add(vxid)
-                logger.warning(
-                    "Event readers are held back by a transaction open for %.0f s "
-                    "(pid %s, state %r, application %r): %s",
-                    blocker.duration_seconds,
-                    blocker.pid,
-                    blocker.state,
-                    blocker.application_name,
-                    blocker.query,
-                    extra={
-                        "pid": blocker.pid,
-                        "duration_seconds": round(blocker.duration_seconds, 3),
-                        "state": blocker.state,
-                        "application_name": blocker.application_name,
-                    },
-                )
+        return self._gaps.high_water_mark(alias, after=after, scan_window=self.gap_scan_window)
 
 
 __all__ = ["NOTIFY_CHANNEL", "DjangoEventStore", "ReaderBlocker"]

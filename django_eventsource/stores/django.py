@@ -5,6 +5,10 @@ Appends are one multi-row ``INSERT … RETURNING`` per call, inside
 go through a raw cursor, skip model instantiation and rebuild events through the event
 registry. Catch-up reads never pass ``safe_high_water_mark()``; see
 ``docs/event-store.md`` for how that mark is computed on PostgreSQL.
+
+The store decides; its siblings do the mechanics: ``writes`` (the append statements),
+``reads`` (filters and keyset pages), ``rows`` (rows back into events) and ``_gaps``
+(the safe high-water mark and what holds it back).
 """
 
 from __future__ import annotations
@@ -35,11 +39,11 @@ from .interface import (
     ReaderBlocker,
     ReadOptions,
     StoredEvent,
-    make_stream_id,
     parse_stream_id,
 )
+from .reads import option_filters, paged, time_filters
 from .rows import RowDecoder
-from .sql import _Sql, as_utc_datetime, fast_read_cursor
+from .sql import _Sql, fast_read_cursor
 from .validation import check_existing_ids, check_versions, coerce_uuid, validate_append
 from .writes import NOTIFY_CHANNEL, insert_events, read_stream_state
 
@@ -234,7 +238,7 @@ class DjangoEventStore(EventStore):
             order = f"{q.c('aggregate_version')}"
         else:
             order = f"{q.c('position')}"
-        self._time_filters(q, where, params, from_timestamp, to_timestamp)
+        time_filters(q, where, params, from_timestamp, to_timestamp)
         with fast_read_cursor(conn) as cursor:
             cursor.execute(
                 f"SELECT {q.read_columns} FROM {q.table} WHERE {' AND '.join(where)} "
@@ -258,10 +262,12 @@ class DjangoEventStore(EventStore):
         if tenant_id is not None:
             where.append(f"{q.c('tenant_id')} = %s")
             params.append(q.uuid_to_db(coerce_uuid(tenant_id, "tenant_id")))
-        self._time_filters(q, where, params, from_timestamp, None)
+        time_filters(q, where, params, from_timestamp, None)
         return [
             stored.event
-            for stored in self._paged(conn, where, params, after=0, ceiling=None, limit=None)
+            for stored in paged(
+                conn, self._rows, self, where, params, after=0, ceiling=None, limit=None
+            )
         ]
 
     def event_exists(self, event_id: UUID) -> bool:
@@ -305,10 +311,12 @@ class DjangoEventStore(EventStore):
         q = _Sql.get(conn)
         where = [f"{q.c('aggregate_id')} = %s", f"{q.c('aggregate_type')} = %s"]
         params: list[Any] = [q.uuid_to_db(aggregate_id), aggregate_type]
-        self._option_filters(q, where, params, opts)
+        option_filters(q, where, params, opts)
         backward = opts.direction == ReadDirection.BACKWARD
-        return self._paged(
+        return paged(
             conn,
+            self._rows,
+            self,
             where,
             params,
             after=opts.from_position,
@@ -324,10 +332,12 @@ class DjangoEventStore(EventStore):
         q = _Sql.get(conn)
         where: list[str] = []
         params: list[Any] = []
-        self._option_filters(q, where, params, opts)
+        option_filters(q, where, params, opts)
         if opts.direction == ReadDirection.BACKWARD:
-            return self._paged(
+            return paged(
                 conn,
+                self._rows,
+                self,
                 where,
                 params,
                 after=opts.from_position,
@@ -357,8 +367,8 @@ class DjangoEventStore(EventStore):
             mark = min(mark, end)
             if mark <= position:
                 return
-            for stored in self._paged(
-                conn, where, params, after=position, ceiling=mark, limit=remaining
+            for stored in paged(
+                conn, self._rows, self, where, params, after=position, ceiling=mark, limit=remaining
             ):
                 yield stored
                 if remaining is not None:
@@ -366,93 +376,6 @@ class DjangoEventStore(EventStore):
             position = mark
             if position >= end:
                 return
-
-    def _paged(
-        self,
-        conn: BaseDatabaseWrapper,
-        where: list[str],
-        params: list[Any],
-        *,
-        after: int,
-        ceiling: int | None,
-        limit: int | None,
-        backward: bool = False,
-        key: str = "position",
-    ) -> Iterator[StoredEvent]:
-        """Keyset pagination over ``key``: no long transaction, no server-side cursor."""
-        q = _Sql.get(conn)
-        column = q.c(key)
-        order = "DESC" if backward else "ASC"
-        sql_head = f"SELECT {q.read_columns} FROM {q.table} WHERE "
-        remaining = limit
-        cursor_position = after
-        first = True
-        stream_ids: dict[Any, str] = {}
-        while remaining is None or remaining > 0:
-            page_size = self.chunk_size if remaining is None else min(remaining, self.chunk_size)
-            conditions = list(where)
-            page_params = list(params)
-            if backward:
-                if cursor_position > 0 or not first:
-                    conditions.append(f"{column} < %s")
-                    page_params.append(cursor_position)
-            else:
-                conditions.append(f"{column} > %s")
-                page_params.append(cursor_position)
-            if ceiling is not None:
-                conditions.append(f"{column} <= %s")
-                page_params.append(ceiling)
-            sql = (
-                sql_head
-                + (" AND ".join(conditions) or "1 = 1")
-                + f" ORDER BY {column} {order} LIMIT {int(page_size)}"
-            )
-            with fast_read_cursor(conn) as cursor:
-                cursor.execute(sql, page_params)
-                rows = cursor.fetchall()
-            for row, event in zip(rows, self._rows.events(rows), strict=True):
-                stream_key = (row[5], row[6])
-                stream_id = stream_ids.get(stream_key)
-                if stream_id is None:
-                    stream_id = make_stream_id(event.aggregate_id, event.aggregate_type)
-                    stream_ids[stream_key] = stream_id
-                yield StoredEvent(
-                    event=event,
-                    stream_id=stream_id,
-                    stream_position=row[7],
-                    global_position=row[0],
-                    stored_at=as_utc_datetime(row[12]),
-                )
-            if len(rows) < page_size:
-                return
-            first = False
-            last = rows[-1]
-            cursor_position = int(last[0] if key == "position" else last[7])
-            if remaining is not None:
-                remaining -= len(rows)
-
-    @staticmethod
-    def _time_filters(
-        q: _Sql,
-        where: list[str],
-        params: list[Any],
-        start: datetime | None,
-        end: datetime | None,
-    ) -> None:
-        if start is not None:
-            where.append(f"{q.c('occurred_at')} >= %s")
-            params.append(q.datetime_to_db(start))
-        if end is not None:
-            where.append(f"{q.c('occurred_at')} <= %s")
-            params.append(q.datetime_to_db(end))
-
-    def _option_filters(
-        self, q: _Sql, where: list[str], params: list[Any], opts: ReadOptions
-    ) -> None:
-        if opts.tenant_id is not None:
-            where.append(f"{q.c('tenant_id')} = %s")
-            params.append(q.uuid_to_db(coerce_uuid(opts.tenant_id, "tenant_id")))
-        self._time_filters(q, where, params, opts.from_timestamp, opts.to_timestamp)
 
     # -- gap-safe catch-up --------------------------------------------------------------
 

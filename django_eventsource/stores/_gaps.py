@@ -166,7 +166,7 @@ class GapTracker:
 
     @staticmethod
     def _warn_long_blockers(state: _GapState, blockers: list[tuple[str, ReaderBlocker]]) -> None:
-        threshold = float(conf.HELD_BACK_WARNING_SECONDS)
+        threshold = conf.HELD_BACK_WARNING_SECONDS
         state.warned &= {vxid for vxid, _ in blockers}
         for vxid, blocker in blockers:
             if blocker.duration_seconds >= threshold and vxid not in state.warned:

@@ -99,7 +99,7 @@ class DjangoEventStore(EventStore):
     def _outbox_enabled(self) -> bool:
         if self.outbox_enabled is not None:
             return self.outbox_enabled
-        return bool(conf.OUTBOX_ENABLED)
+        return conf.OUTBOX_ENABLED
 
     # -- writing ------------------------------------------------------------------------
 

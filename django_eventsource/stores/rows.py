@@ -93,7 +93,8 @@ class RowDecoder:
         except ValidationError as exc:
             raise SerializationError(
                 f"Stored event {data.get('event_id')} of type {event_type!r} no longer "
-                f"validates as {event_class.__qualname__}: {exc}"
+                f"validates as {event_class.__qualname__}: {exc}",
+                event_type=event_type,
             ) from exc
 
     def _current_version(self, event_class: type[DomainEvent]) -> int:

@@ -8,7 +8,7 @@ from typing import Any, Self
 from uuid import UUID
 
 from django.db import IntegrityError, models, transaction
-from django.db.models import Count, F, Max, Min, OuterRef, Q, Subquery
+from django.db.models import Avg, Count, F, Max, Min, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -340,14 +340,18 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         )
 
     def status_summary(self) -> dict[str, Any]:
-        """``pending``, ``published`` and ``failed`` counts and ``oldest_pending`` (the
-        oldest pending row's ``created_at``, or ``None``), in one query."""
+        """``pending``, ``published`` and ``failed`` counts, ``oldest_pending`` (the
+        oldest pending row's ``created_at``) and ``avg_retries`` (the mean
+        ``retry_count`` of the pending rows), in one query; both are ``None`` when
+        nothing is pending."""
         status = OutboxMessage.Status
+        pending = Q(status=status.PENDING)
         return self.aggregate(
-            pending=Count("id", filter=Q(status=status.PENDING)),
+            pending=Count("id", filter=pending),
             published=Count("id", filter=Q(status=status.PUBLISHED)),
             failed=Count("id", filter=Q(status=status.FAILED)),
-            oldest_pending=Min("created_at", filter=Q(status=status.PENDING)),
+            oldest_pending=Min("created_at", filter=pending),
+            avg_retries=Avg("retry_count", filter=pending),
         )
 
 

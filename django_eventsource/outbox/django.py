@@ -184,6 +184,7 @@ class DjangoOutboxRepository(OutboxRepository):
             published_count=figures["published"],
             failed_count=figures["failed"],
             oldest_pending=figures["oldest_pending"],
+            avg_retries=float(figures["avg_retries"] or 0.0),
         )
 
     def claim_due(

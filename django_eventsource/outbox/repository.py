@@ -76,7 +76,8 @@ class OutboxRepository(ABC):
 
     @abstractmethod
     def get_stats(self) -> OutboxStats:
-        """Counts by status and the oldest pending row's creation time."""
+        """Counts by status, the oldest pending row's creation time and the mean
+        ``retry_count`` of the pending rows (``OutboxStats``)."""
 
     # -- relay support ----------------------------------------------------------------
 
@@ -235,6 +236,7 @@ class InMemoryOutboxRepository(OutboxRepository):
             published_count=sum(e.status == PUBLISHED for e in entries),
             failed_count=sum(e.status == FAILED for e in entries),
             oldest_pending=min((e.created_at for e in pending), default=None),
+            avg_retries=sum(e.retry_count for e in pending) / len(pending) if pending else 0.0,
         )
 
     def claim_due(

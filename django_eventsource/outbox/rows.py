@@ -53,12 +53,20 @@ class OutboxEntry:
 
 @dataclass(frozen=True)
 class OutboxStats:
-    """Row counts by status and the creation time of the oldest pending row."""
+    """Row counts by status, the creation time of the oldest pending row, and the mean
+    number of failed attempts of the pending rows.
+
+    ``avg_retries`` is taken over the pending rows only (0.0 when there are none), the
+    rows still to publish: near 0 all is well; rising, the bus is refusing events and the
+    relay is backing off. Published rows would dilute it with history, and failed rows
+    are no longer attempted (they wait for a retry from the admin).
+    """
 
     pending_count: int
     published_count: int
     failed_count: int
     oldest_pending: datetime | None
+    avg_retries: float = 0.0
 
 
 @dataclass(frozen=True)

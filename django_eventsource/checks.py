@@ -31,8 +31,10 @@ POSITIVE_INTEGER_SETTINGS = (
     "PROJECTION_BATCH_SIZE",
     "OUTBOX_BATCH_SIZE",
     "MAX_RETRIES",
-    "OUTBOX_MAX_ATTEMPTS",
 )
+
+#: Settings that must be integers >= 1 when they are not None.
+OPTIONAL_POSITIVE_INTEGER_SETTINGS = ("OUTBOX_MAX_ATTEMPTS",)
 
 #: Settings that must be numbers >= 0 (seconds).
 NON_NEGATIVE_NUMBER_SETTINGS = (
@@ -40,6 +42,7 @@ NON_NEGATIVE_NUMBER_SETTINGS = (
     "RETRY_BACKOFF",
     "RETRY_BACKOFF_MAX",
     "OUTBOX_CLAIM_TIMEOUT",
+    "OUTBOX_GIVE_UP_AFTER",
 )
 
 BUILTIN_EVENT_BUSES = ("memory", "redis")
@@ -123,8 +126,10 @@ def check_numeric_settings(
 ) -> list[CheckMessage]:
     """E003: numeric settings must be in range; W001: an enabled outbox needs a bus."""
     messages: list[CheckMessage] = []
-    for name in POSITIVE_INTEGER_SETTINGS:
+    for name in POSITIVE_INTEGER_SETTINGS + OPTIONAL_POSITIVE_INTEGER_SETTINGS:
         value = conf.raw(name)
+        if value is None and name in OPTIONAL_POSITIVE_INTEGER_SETTINGS:
+            continue
         if not _is_integer(value) or value < 1:
             messages.append(
                 Error(

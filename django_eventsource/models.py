@@ -321,7 +321,11 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
 
     def count_attempt(self, error: str) -> int:
         """Count one failed attempt and record ``error``; the rows keep their status."""
-        return self.update(retry_count=F("retry_count") + 1, last_error=error)
+        return self.update(
+            retry_count=F("retry_count") + 1,
+            last_error=error,
+            first_failed_at=Coalesce("first_failed_at", Now()),
+        )
 
     def mark_failed(self, error: str) -> int:
         """Give up on these rows: ``failed`` with ``error``, released, kept visible."""
@@ -330,11 +334,13 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         )
 
     def requeue(self) -> int:
-        """Make these rows pending and due now, with their attempt count back at zero."""
+        """Make these rows pending and due now, with their attempt count back at zero
+        and their give-up clock stopped."""
         return self.update(
             status=OutboxMessage.Status.PENDING,
             retry_count=0,
             next_attempt_at=None,
+            first_failed_at=None,
             claimed_by="",
             claimed_at=None,
         )
@@ -378,6 +384,15 @@ class OutboxMessage(models.Model):
     retry_count = models.PositiveIntegerField(_("attempts"), default=0)
     last_error = models.TextField(_("last error"), blank=True, default="")
     next_attempt_at = models.DateTimeField(_("next attempt at"), null=True, blank=True)
+    first_failed_at = models.DateTimeField(
+        _("first failed at"),
+        null=True,
+        blank=True,
+        help_text=_(
+            "When the first failed publishing attempt happened; "
+            "EVENTSOURCE_OUTBOX_GIVE_UP_AFTER counts from here."
+        ),
+    )
     claimed_by = models.CharField(_("claimed by"), max_length=255, blank=True, default="")
     claimed_at = models.DateTimeField(_("claimed at"), null=True, blank=True)
 

@@ -128,6 +128,7 @@ def test_e002_clears_once_the_chain_is_complete(broken_upcaster_chain: None) -> 
         ("EVENTSOURCE_RETRY_BACKOFF", "fast"),
         ("EVENTSOURCE_RETRY_BACKOFF_MAX", -1),
         ("EVENTSOURCE_OUTBOX_CLAIM_TIMEOUT", None),
+        ("EVENTSOURCE_OUTBOX_GIVE_UP_AFTER", -60),
     ],
 )
 def test_an_out_of_range_number_is_e003(setting: str, value: object) -> None:
@@ -145,6 +146,8 @@ def test_an_out_of_range_number_is_e003(setting: str, value: object) -> None:
     EVENTSOURCE_MAX_RETRIES=10,
     EVENTSOURCE_POLL_INTERVAL=0,
     EVENTSOURCE_RETRY_BACKOFF=2,
+    EVENTSOURCE_OUTBOX_GIVE_UP_AFTER=0,
+    EVENTSOURCE_OUTBOX_MAX_ATTEMPTS=None,
 )
 def test_in_range_numbers_pass() -> None:
     assert check_numeric_settings() == []

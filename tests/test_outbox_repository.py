@@ -174,6 +174,29 @@ def test_failures_become_failed_after_the_last_attempt(repo: OutboxRepository) -
     assert (entry.status, entry.retry_count, entry.last_error) == ("failed", 3, "error 2")
 
 
+def test_a_failing_row_becomes_failed_once_the_give_up_period_has_passed_since_its_first_failure(
+    repo: OutboxRepository,
+) -> None:
+    outbox_id = repo.add_event(account_history(deposits=0)[0])
+    first = timezone.now()
+    outcomes = []
+    for seconds in (0, 60, 3599, 3600):
+        failed_at = first + timedelta(seconds=seconds)
+        assert repo.claim_due("r", 1, now=failed_at, claim_timeout=60)
+        given_up = repo.record_failures(
+            [OutboxFailure(outbox_id, "down", failed_at)], now=failed_at, give_up_after=3600
+        )
+        entry = repo.get_entry(outbox_id)
+        assert entry is not None and entry.first_failed_at == first
+        outcomes.append((given_up, entry.status, entry.retry_count))
+
+    assert outcomes == [(0, "pending", 1), (0, "pending", 2), (0, "pending", 3), (1, "failed", 4)]
+    assert repo.retry_failed([outbox_id]) == 1
+    entry = repo.get_entry(outbox_id)
+    assert entry is not None
+    assert (entry.status, entry.retry_count, entry.first_failed_at) == ("pending", 0, None)
+
+
 @pytest.mark.django_db
 def test_django_claims_record_the_claimer_in_the_table() -> None:
     repo = DjangoOutboxRepository()

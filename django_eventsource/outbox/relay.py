@@ -26,9 +26,8 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
@@ -36,7 +35,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from .. import tracing
-from .._runtime import full_jitter_delay, worker_id
+from .._runtime import worker_id
 from ..bus import get_event_bus
 from ..bus.interface import EventBus
 from ..conf import conf
@@ -45,7 +44,14 @@ from ..events.registry import EventRegistry, resolve_registry
 from ..events.serialization import StoredEventData
 from ..exceptions import EventBusError
 from .repository import OutboxRepository
-from .rows import OutboxEntry, OutboxFailure, gives_up
+from .rows import (
+    OutboxEntry,
+    OutboxFailure,
+    ProgressCallback,
+    RelayReport,
+    backoff_delay,
+    gives_up,
+)
 
 # The logger keeps the name it had before the relay moved into ``outbox``: operators
 # configure and filter logging by it (docs/observability.md).
@@ -61,44 +67,6 @@ class SerializedEventPublisher(Protocol):
     """
 
     def publish_serialized(self, events: Sequence[Mapping[str, Any]]) -> None: ...
-
-
-@dataclass
-class RelayReport:
-    """What a ``publish_outbox`` call did.
-
-    ``published`` rows were delivered, ``retried`` attempts failed and were scheduled
-    again, ``failed`` rows ran out of attempts and are now ``failed``, ``cleaned`` old
-    published rows were deleted.
-    """
-
-    published: int = 0
-    failed: int = 0
-    retried: int = 0
-    cleaned: int = 0
-
-    def add(self, other: RelayReport) -> None:
-        self.published += other.published
-        self.failed += other.failed
-        self.retried += other.retried
-        self.cleaned += other.cleaned
-
-
-#: Called after every batch with the running totals of the current call.
-ProgressCallback = Callable[[RelayReport], None]
-
-
-def backoff_delay(attempt: int, base: float | None = None, cap: float | None = None) -> float:
-    """Seconds to wait before attempt ``attempt + 1``: exponential with full jitter
-    (``_runtime.full_jitter_delay``), by default from ``EVENTSOURCE_OUTBOX_RETRY_BACKOFF``
-    and ``EVENTSOURCE_OUTBOX_RETRY_BACKOFF_MAX``, so relays that failed together do not
-    retry together.
-    """
-    return full_jitter_delay(
-        attempt,
-        conf.OUTBOX_RETRY_BACKOFF if base is None else base,
-        conf.OUTBOX_RETRY_BACKOFF_MAX if cap is None else cap,
-    )
 
 
 def _default_repository() -> OutboxRepository:

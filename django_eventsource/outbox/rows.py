@@ -5,12 +5,14 @@ Framework-free: the in-memory repository and the relay use these without a datab
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
+from .._runtime import full_jitter_delay
+from ..conf import conf
 from ..events.serialization import OutboxRowValues, outbox_row_values
 
 #: The values of ``OutboxMessage.Status`` (``django_eventsource.models``), which is the
@@ -102,6 +104,44 @@ def gives_up(
     return max_attempts is not None and attempts >= max_attempts
 
 
+@dataclass
+class RelayReport:
+    """What a ``publish_outbox`` call did.
+
+    ``published`` rows were delivered, ``retried`` attempts failed and were scheduled
+    again, ``failed`` rows ran out of attempts and are now ``failed``, ``cleaned`` old
+    published rows were deleted.
+    """
+
+    published: int = 0
+    failed: int = 0
+    retried: int = 0
+    cleaned: int = 0
+
+    def add(self, other: RelayReport) -> None:
+        self.published += other.published
+        self.failed += other.failed
+        self.retried += other.retried
+        self.cleaned += other.cleaned
+
+
+#: Called after every batch with the running totals of the current call.
+ProgressCallback = Callable[[RelayReport], None]
+
+
+def backoff_delay(attempt: int, base: float | None = None, cap: float | None = None) -> float:
+    """Seconds to wait before attempt ``attempt + 1``: exponential with full jitter
+    (``_runtime.full_jitter_delay``), by default from ``EVENTSOURCE_OUTBOX_RETRY_BACKOFF``
+    and ``EVENTSOURCE_OUTBOX_RETRY_BACKOFF_MAX``, so relays that failed together do not
+    retry together.
+    """
+    return full_jitter_delay(
+        attempt,
+        conf.OUTBOX_RETRY_BACKOFF if base is None else base,
+        conf.OUTBOX_RETRY_BACKOFF_MAX if cap is None else cap,
+    )
+
+
 __all__ = [
     "FAILED",
     "PENDING",
@@ -111,6 +151,9 @@ __all__ = [
     "OutboxRowValues",
     "OutboxStats",
     "OutboxStatus",
+    "ProgressCallback",
+    "RelayReport",
+    "backoff_delay",
     "gives_up",
     "outbox_row_values",
 ]

@@ -289,7 +289,13 @@ def _handle_unreadable(
     row = ctx.store.first_raw_event_after(after)
     if row is None:
         raise error
-    found = (int(row["position"]), row["event_id"], str(row["event_type"]))
+    position = int(row["position"])
+    event_id = row["event_id"]
+    if not isinstance(event_id, UUID):
+        # Dead letters and checkpoints need a UUID. One with the position as its number
+        # is stable and never collides with a generated id (it has no version bits).
+        event_id = UUID(int=position)
+    found = (position, event_id, str(row["event_type"]))
     if isinstance(error, EventTypeNotFoundError):
         wanted = {cls.event_type_name() for cls in projection.subscribed_to()}
         if wanted and found[2] not in wanted:
@@ -305,7 +311,7 @@ def _handle_unreadable(
         extra={"projection": projection.name, "position": row["position"]},
     )
     ctx.dead_letters.add_failed_event(
-        event_id=row["event_id"],
+        event_id=event_id,
         projection_name=projection.name,
         event_type=row["event_type"],
         event_data=raw,

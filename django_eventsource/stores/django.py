@@ -10,7 +10,6 @@ registry. Catch-up reads never pass ``safe_high_water_mark()``; see
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -28,7 +27,7 @@ from ..conf import conf
 from ..events.base import DomainEvent
 from ..events.registry import EventRegistry, default_registry
 from ..events.serialization import outbox_row_values
-from ..exceptions import OptimisticLockError, SerializationError
+from ..exceptions import EventSourceError, OptimisticLockError, SerializationError
 from ..models import EventRecord, OutboxMessage
 from ._gaps import _GapState, _parse_blockers
 from .interface import (
@@ -45,11 +44,15 @@ from .interface import (
 from .sql import (
     _ENVELOPE_KEYS,
     _INSERT_COLUMNS,
+    _RAW_COLUMNS,
     _as_uuid,
     _document,
     _Sql,
     as_utc_datetime,
-    fast_read_cursor,
+    fetch_event_rows,
+    json_object,
+    raw_event_values,
+    unreadable_row,
 )
 from .validation import check_existing_ids, check_versions, coerce_uuid, validate_append
 
@@ -327,13 +330,9 @@ class DjangoEventStore(EventStore):
         else:
             order = f"{q.c('position')}"
         self._time_filters(q, where, params, from_timestamp, to_timestamp)
-        with fast_read_cursor(conn) as cursor:
-            cursor.execute(
-                f"SELECT {q.read_columns} FROM {q.table} WHERE {' AND '.join(where)} "
-                f"ORDER BY {order}",
-                params,
-            )
-            rows = cursor.fetchall()
+        rows = fetch_event_rows(
+            conn, q, f"FROM {q.table} WHERE {' AND '.join(where)} ORDER BY {order}", params
+        )
         events = list(self._events(rows))
         return EventStream.of(agg_id, aggregate_type, events, from_version)
 
@@ -475,7 +474,7 @@ class DjangoEventStore(EventStore):
         q = _Sql.get(conn)
         column = q.c(key)
         order = "DESC" if backward else "ASC"
-        sql_head = f"SELECT {q.read_columns} FROM {q.table} WHERE "
+        sql_head = f"FROM {q.table} WHERE "
         remaining = limit
         cursor_position = after
         first = True
@@ -499,21 +498,23 @@ class DjangoEventStore(EventStore):
                 + (" AND ".join(conditions) or "1 = 1")
                 + f" ORDER BY {column} {order} LIMIT {int(page_size)}"
             )
-            with fast_read_cursor(conn) as cursor:
-                cursor.execute(sql, page_params)
-                rows = cursor.fetchall()
+            rows = fetch_event_rows(conn, q, sql, page_params)
             for row, event in zip(rows, self._events(rows), strict=True):
                 stream_key = (row[5], row[6])
                 stream_id = stream_ids.get(stream_key)
                 if stream_id is None:
                     stream_id = make_stream_id(event.aggregate_id, event.aggregate_type)
                     stream_ids[stream_key] = stream_id
+                try:
+                    stored_at = as_utc_datetime(row[12])
+                except SerializationError as exc:
+                    raise unreadable_row(row, f"recorded_at: {exc}") from exc
                 yield StoredEvent(
                     event=event,
                     stream_id=stream_id,
                     stream_position=row[7],
                     global_position=row[0],
-                    stored_at=as_utc_datetime(row[12]),
+                    stored_at=stored_at,
                 )
             if len(rows) < page_size:
                 return
@@ -558,21 +559,29 @@ class DjangoEventStore(EventStore):
         # that take the full path.
         validators: dict[tuple[str, int], Callable[[str], Any] | None] = {}
         for row in rows:
-            version_key = (row[2], row[3])
             try:
-                validate = validators[version_key]
-            except KeyError:
-                validate = validators[version_key] = self._json_validator(registry, row)
-            if validate is None:
-                yield self._event_from_values(row, registry.get_or_none(row[2]))
-                continue
-            # SQLite returns every column as text: write them into one JSON document
-            # that pydantic-core parses and validates without building Python values
-            # first. A failure is retried on the full path, which explains it.
-            try:
-                event = validate(_document(row))
-            except ValidationError:
-                event = self._event_from_values(row, registry.get_or_none(row[2]))
+                version_key = (row[2], row[3])
+                try:
+                    validate = validators[version_key]
+                except KeyError:
+                    validate = validators[version_key] = self._json_validator(registry, row)
+                if validate is None:
+                    event = self._event_from_values(row, registry.get_or_none(row[2]))
+                else:
+                    # SQLite returns every column as text: write them into one JSON
+                    # document that pydantic-core parses and validates without building
+                    # Python values first. A failure is retried on the full path, which
+                    # explains it.
+                    try:
+                        event = validate(_document(row))
+                    except ValidationError:
+                        event = self._event_from_values(row, registry.get_or_none(row[2]))
+            except EventSourceError:
+                raise
+            except (ArithmeticError, AttributeError, LookupError, TypeError, ValueError) as exc:
+                # A row no check foresaw (text where a number belongs…): still a typed
+                # error naming the row, which the projection runner dead-letters.
+                raise unreadable_row(row, exc) from exc
             yield event
 
     def _json_validator(
@@ -590,22 +599,12 @@ class DjangoEventStore(EventStore):
         self, row: Sequence[Any], event_class: type[DomainEvent] | None
     ) -> DomainEvent:
         """``_event`` from the row's values as the driver returns them."""
-        payload = row[13]
-        data: dict[str, Any] = (
-            json.loads(payload) if isinstance(payload, str | bytes) else dict(payload)
-        )
+        data = json_object(row, 13)
         data.update(zip(_ENVELOPE_KEYS, row[1:12], strict=True))
         occurred_at = row[4]
         if type(occurred_at) is datetime and occurred_at.tzinfo is None:
             data["occurred_at"] = occurred_at.replace(tzinfo=UTC)
-        metadata = row[14]
-        if metadata == "{}":
-            data["metadata"] = {}
-        elif isinstance(metadata, str | bytes):
-            data["metadata"] = json.loads(metadata)
-        else:
-            data["metadata"] = metadata
-        event_type = row[2]
+        data["metadata"] = {} if row[14] == "{}" else json_object(row, 14)
         registry = self.registry
         if event_class is None or row[3] < self._current_version(event_class):
             # Unknown types and old schema versions take the full path: a clear error
@@ -614,10 +613,8 @@ class DjangoEventStore(EventStore):
         try:
             return event_class.model_validate(data)
         except ValidationError as exc:
-            raise SerializationError(
-                f"Stored event {data.get('event_id')} of type {event_type!r} no longer "
-                f"validates as {event_class.__qualname__}: {exc}"
-            ) from exc
+            reason = f"it no longer validates as {event_class.__qualname__}: {exc}"
+            raise unreadable_row(row, reason) from exc
 
     def _current_version(self, event_class: type[DomainEvent]) -> int:
         version = self._versions.get(event_class)
@@ -642,23 +639,21 @@ class DjangoEventStore(EventStore):
         Its envelope columns and ``payload``, for a reader that must deal with an event
         ``read_all`` cannot turn back into a ``DomainEvent`` (the projection runner
         dead-letters it). Like ``read_all``, it never looks past the safe high-water mark.
+        Ids that are not UUIDs and a payload that is not JSON come back as the stored text.
         """
-        return (
-            EventRecord.objects.using(self.db_for_read())
-            .filter(position__gt=position, position__lte=self.safe_high_water_mark())
-            .order_by("position")
-            .values(
-                "position",
-                "event_id",
-                "event_type",
-                "event_version",
-                "aggregate_id",
-                "aggregate_type",
-                "aggregate_version",
-                "payload",
+        conn = connections[self.db_for_read()]
+        q = _Sql.get(conn)
+        pos = q.c("position")
+        with conn.cursor() as cursor:
+            # A raw cursor, not the ORM: its converters would fail on the very values
+            # that make the row unreadable.
+            cursor.execute(
+                f"SELECT {q.cols(*_RAW_COLUMNS)} FROM {q.table} "
+                f"WHERE {pos} > %s AND {pos} <= %s ORDER BY {pos} LIMIT 1",
+                [position, self.safe_high_water_mark()],
             )
-            .first()
-        )
+            found = cursor.fetchone()
+        return None if found is None else raw_event_values(found)
 
     def get_reader_blockers(self) -> list[ReaderBlocker]:
         """Sessions whose open transactions may hold catch-up readers back (PostgreSQL).

@@ -7,11 +7,12 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from django.db import DataError
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
 from django.utils.dateparse import parse_datetime
@@ -54,6 +55,18 @@ _READ_COLUMNS = (
     "recorded_at",
     "payload",
     "metadata",
+)
+
+#: Columns of the raw row handed over for an event that cannot be rebuilt.
+_RAW_COLUMNS = (
+    "position",
+    "event_id",
+    "event_type",
+    "event_version",
+    "aggregate_id",
+    "aggregate_type",
+    "aggregate_version",
+    "payload",
 )
 
 #: Event fields filled from ``_READ_COLUMNS[1:12]``.
@@ -105,6 +118,13 @@ class _Sql:
                 index = _READ_COLUMNS.index(name)
                 read[index] = f"({read[index]} || '+00:00')"
         self.read_columns = ", ".join(read)
+        if self.is_postgres:
+            # ISO text that ``datetime.fromisoformat`` and pydantic parse, for the rare
+            # page holding a timestamp the driver cannot turn into a datetime.
+            for name in ("occurred_at", "recorded_at"):
+                index = _READ_COLUMNS.index(name)
+                read[index] = f"(to_json({read[index]}) #>> '{{}}')"
+        self.read_columns_as_text = ", ".join(read)
         self.row_placeholder = "(" + ", ".join(["%s"] * len(_INSERT_COLUMNS)) + ")"
         self.max_params = int(getattr(conn.features, "max_query_params", None) or 65_535)
         ops = conn.ops
@@ -140,6 +160,86 @@ class _Sql:
 
     def cols(self, *names: str) -> str:
         return ", ".join(self._columns[n] for n in names)
+
+
+def fetch_event_rows(
+    conn: BaseDatabaseWrapper, q: _Sql, sql_from: str, params: Sequence[Any]
+) -> list[Any]:
+    """The rows of ``SELECT <the read columns> <sql_from>``.
+
+    psycopg converts a whole page of rows at once, so one timestamp that PostgreSQL
+    holds but Python cannot (``infinity``, a year past 9999) fails every row of the
+    page. Such a page is read again with the timestamps as text: each row is rebuilt on
+    its own, and only the bad one raises, as a ``SerializationError`` that names it.
+    """
+    with fast_read_cursor(conn) as cursor:
+        cursor.execute(f"SELECT {q.read_columns} {sql_from}", params)
+        try:
+            rows: list[Any] = cursor.fetchall()
+        except DataError:
+            if not q.is_postgres:
+                raise
+            cursor.execute(f"SELECT {q.read_columns_as_text} {sql_from}", params)
+            rows = cursor.fetchall()
+        return rows
+
+
+def unreadable_row(row: Sequence[Any], reason: object) -> SerializationError:
+    """The error for a stored event row (of ``_READ_COLUMNS``) that cannot be rebuilt."""
+    try:
+        event_id: object = _as_uuid(row[1])
+    except ValueError:
+        event_id = repr(row[1])
+    return SerializationError(
+        f"Stored event {event_id} at position {row[0]} (type {row[2]!r}) cannot be read: {reason}"
+    )
+
+
+#: What JSON calls the values ``json.loads`` returns, for messages.
+_JSON_TYPE_NAMES = {
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+}
+
+
+def json_object(row: Sequence[Any], index: int) -> dict[str, Any]:
+    """Column ``index`` of a stored event row as a dict: decoded JSON text, or a copy.
+
+    Anything but a JSON object (malformed text, an array, ``null``…) raises a
+    ``SerializationError`` naming the row, not an error from deep inside the rebuild.
+    """
+    value = row[index]
+    if isinstance(value, str | bytes):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise unreadable_row(row, f"{_READ_COLUMNS[index]} is not valid JSON ({exc})") from exc
+        if type(value) is dict:
+            return value
+    elif isinstance(value, Mapping):
+        return dict(value)
+    kind = "null" if value is None else _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+    raise unreadable_row(row, f"{_READ_COLUMNS[index]} is {kind}, not a JSON object")
+
+
+def raw_event_values(values: Sequence[Any]) -> dict[str, Any]:
+    """A raw row of ``_RAW_COLUMNS`` by name, ids as UUIDs and the payload decoded where
+    they can be.
+
+    Whatever cannot be converted is kept as stored, so the row can still be shown and
+    dead-lettered.
+    """
+    row = dict(zip(_RAW_COLUMNS, values, strict=True))
+    for key in ("event_id", "aggregate_id"):
+        with contextlib.suppress(ValueError):
+            row[key] = _as_uuid(row[key])
+    if isinstance(row["payload"], str | bytes):
+        with contextlib.suppress(ValueError):
+            row["payload"] = json.loads(row["payload"])
+    return row
 
 
 def _identity(value: UUID) -> Any:
@@ -212,13 +312,14 @@ def _document(row: Sequence[Any]) -> str:
 
 def as_utc_datetime(value: Any) -> datetime:
     """A column value as an aware UTC datetime (SQLite returns naive UTC or text)."""
+    stored = value
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value)
         except ValueError:
             value = parse_datetime(value)
     if not isinstance(value, datetime):
-        raise SerializationError(f"Unreadable timestamp {value!r}")
+        raise SerializationError(f"Unreadable timestamp {stored!r}")
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value if value.tzinfo is UTC else value.astimezone(UTC)

@@ -54,7 +54,14 @@ from .sql import (
     raw_event_values,
     unreadable_row,
 )
-from .validation import check_existing_ids, check_versions, coerce_uuid, validate_append
+from .validation import (
+    check_existing_ids,
+    check_position,
+    check_versions,
+    coerce_uuid,
+    storable_event_json,
+    validate_append,
+)
 
 logger = logging.getLogger("django_eventsource")
 
@@ -268,7 +275,7 @@ class DjangoEventStore(EventStore):
     ) -> int:
         """Insert ``events`` with one multi-row INSERT (per parameter-limit chunk)."""
         q = _Sql.get(conn)
-        uuid_db, dt_db, json_db = q.uuid_to_db, q.datetime_to_db, q.json_to_db
+        uuid_db, dt_db, json_db = q.uuid_to_db, q.datetime_to_db, q.json_text_to_db
         per_row = len(_INSERT_COLUMNS)
         rows_per_statement = max(1, q.max_params // per_row)
         last_position = 0
@@ -276,6 +283,7 @@ class DjangoEventStore(EventStore):
             chunk = events[start : start + rows_per_statement]
             params: list[Any] = []
             for e in chunk:
+                payload, metadata = storable_event_json(e)
                 params += (
                     uuid_db(e.event_id),
                     e.aggregate_type,
@@ -288,8 +296,8 @@ class DjangoEventStore(EventStore):
                     uuid_db(e.correlation_id),
                     None if e.causation_id is None else uuid_db(e.causation_id),
                     dt_db(e.occurred_at),
-                    json_db(e.payload()),
-                    json_db(e.metadata),
+                    json_db(payload),
+                    json_db(metadata),
                 )
             values = ", ".join([q.row_placeholder] * len(chunk))
             insert = f"INSERT INTO {q.table} ({q.insert_columns}) VALUES {values}"
@@ -319,6 +327,7 @@ class DjangoEventStore(EventStore):
         to_timestamp: datetime | None = None,
     ) -> EventStream:
         agg_id = coerce_uuid(aggregate_id, "aggregate_id")
+        check_position(from_version, "from_version")
         conn = connections[self.db_for_read()]
         q = _Sql.get(conn)
         where = [f"{q.c('aggregate_id')} = %s", f"{q.c('aggregate_version')} > %s"]
@@ -641,6 +650,7 @@ class DjangoEventStore(EventStore):
         dead-letters it). Like ``read_all``, it never looks past the safe high-water mark.
         Ids that are not UUIDs and a payload that is not JSON come back as the stored text.
         """
+        check_position(position, "position")
         conn = connections[self.db_for_read()]
         q = _Sql.get(conn)
         pos = q.c("position")

@@ -132,7 +132,12 @@ class _Sql:
             _identity if conn.features.has_native_uuid_field else _uuid_hex
         )
         self.datetime_to_db: Callable[[datetime], Any] = ops.adapt_datetimefield_value
-        self.json_to_db: Callable[[Any], Any] = lambda value: ops.adapt_json_value(value, None)
+        # JSON text from ``storable_event_json``, written as Django's adapter writes it.
+        self.json_text_to_db: Callable[[str], Any] = _identity_text
+        if self.is_postgres:
+            from psycopg.types.json import Jsonb
+
+            self.json_text_to_db = lambda text: Jsonb(text, dumps=_identity_text)
         self.blockers_sql = (
             "(SELECT COALESCE(json_agg(json_build_array(l.virtualtransaction, a.pid, "
             "a.xact_start, EXTRACT(EPOCH FROM clock_timestamp() - a.xact_start), a.state, "
@@ -244,6 +249,10 @@ def raw_event_values(values: Sequence[Any]) -> dict[str, Any]:
 
 def _identity(value: UUID) -> Any:
     return value
+
+
+def _identity_text(text: str) -> str:
+    return text
 
 
 def _uuid_hex(value: UUID) -> str:

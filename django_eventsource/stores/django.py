@@ -30,6 +30,7 @@ from ..events.serialization import outbox_row_values
 from ..exceptions import EventSourceError, OptimisticLockError, SerializationError
 from ..models import EventRecord, OutboxMessage
 from ._gaps import _GapState, _parse_blockers
+from ._sqlite import retry_while_locked
 from .interface import (
     AppendResult,
     EventStore,
@@ -82,6 +83,9 @@ class DjangoEventStore(EventStore):
     chunk_size: int = 1000
     #: Positions examined per gap scan while a writer holds readers back (PostgreSQL).
     gap_scan_window: int = 10_000
+    #: Seconds an append that owns its transaction is retried while SQLite reports
+    #: "database is locked" (each attempt also waits the connection's ``timeout``).
+    sqlite_lock_retry_seconds: float = 30.0
 
     def __init__(
         self,
@@ -140,10 +144,9 @@ class DjangoEventStore(EventStore):
         attributes = {"aggregate_type": aggregate_type, "event_count": len(event_list)}
         try:
             with tracing.span("eventsource.append", attributes) as current:
-                with transaction.atomic(using=alias):
-                    result = self._append(
-                        alias, agg_id, aggregate_type, event_list, expected_version
-                    )
+                result = self._append_atomically(
+                    alias, agg_id, aggregate_type, event_list, expected_version
+                )
                 tracing.set_attributes(
                     current, new_version=result.new_version, global_position=result.global_position
                 )
@@ -157,6 +160,30 @@ class DjangoEventStore(EventStore):
             if resolved is None:
                 raise
             return resolved
+
+    def _append_atomically(
+        self,
+        alias: str,
+        agg_id: UUID,
+        aggregate_type: str,
+        events: list[DomainEvent],
+        expected_version: int,
+    ) -> AppendResult:
+        """``_append`` in ``transaction.atomic``; on SQLite retried while the database is locked.
+
+        Only when the append owns the transaction: inside the caller's ``atomic`` block
+        the failed statement belongs to the caller's transaction, which must roll back
+        as a whole, so the error reaches the caller.
+        """
+
+        def attempt() -> AppendResult:
+            with transaction.atomic(using=alias):
+                return self._append(alias, agg_id, aggregate_type, events, expected_version)
+
+        conn = connections[alias]
+        if conn.vendor != "sqlite" or conn.in_atomic_block:
+            return attempt()
+        return retry_while_locked(attempt, self.sqlite_lock_retry_seconds)
 
     def _append(
         self,

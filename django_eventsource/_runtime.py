@@ -2,12 +2,15 @@
 
 The outbox relay, the projection runner, the Redis bus and the ``run_projections``,
 ``publish_outbox`` and ``consume_events`` commands all back off, name themselves, call
-handlers that may be coroutines and stop on SIGTERM/SIGINT; each of those is written once,
-here.
+handlers that may be coroutines, stop on SIGTERM/SIGINT and outlive database restarts;
+each of those is written once, here. Django is imported only by the database helpers,
+when they are called.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import inspect
 import os
 import random
@@ -16,7 +19,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from types import FrameType
 from typing import Any
 
@@ -98,3 +101,99 @@ def stop_on_signals(stop_event: threading.Event) -> Iterator[threading.Event]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+#: SQLSTATEs of a lost or refused connection: class 08 (connection exception) and the
+#: server shutting down, crashing or still starting up.
+_LOST_CONNECTION_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+
+
+@functools.cache
+def _driver_errors() -> tuple[tuple[type[Exception], ...], tuple[type[Exception], ...]]:
+    """The installed PostgreSQL drivers' (``InterfaceError`` …, ``OperationalError`` …)."""
+    interface: list[type[Exception]] = []
+    operational: list[type[Exception]] = []
+    for name in ("psycopg", "psycopg2"):
+        with suppress(ImportError):
+            driver = importlib.import_module(name)
+            interface.append(driver.InterfaceError)
+            operational.append(driver.OperationalError)
+    return tuple(interface), tuple(operational)
+
+
+def database_errors() -> tuple[type[Exception], ...]:
+    """Django's and the PostgreSQL drivers' ``InterfaceError`` and ``OperationalError``."""
+    from django.db import InterfaceError, OperationalError
+
+    interface, operational = _driver_errors()
+    return (InterfaceError, OperationalError, *interface, *operational)
+
+
+def is_database_outage(error: BaseException) -> bool:
+    """Whether ``error``, raised by an event handler, means the database is unavailable.
+
+    It does when ``error`` is, or was raised from (``__cause__``/``__context__``), an
+    ``InterfaceError`` or ``OperationalError`` of Django or the PostgreSQL driver, and
+    either the driver reports a lost or refused connection (an ``OperationalError``
+    without SQLSTATE, raised when the client lost the server or could not reach it, or
+    with SQLSTATE class 08, 57P01, 57P02 or 57P03), or a database connection of this
+    thread fails Django's ``is_usable()`` check afterwards. Anything else is the
+    handler's own failure, including an ``OperationalError`` on a connection that still
+    works: a deadlock, a lock or statement timeout, a missing table, SQLite's "database
+    is locked".
+    """
+    failures = [e for e in _exception_chain(error) if isinstance(e, database_errors())]
+    if not failures:
+        return False
+    return any(_reports_lost_connection(e) for e in failures) or _a_connection_is_broken()
+
+
+def close_broken_connections() -> None:
+    """Close this thread's database connections that no longer work, so that the next
+    query opens a new one (outside requests, Django never does)."""
+    for connection in _thread_connections():
+        if connection.connection is not None and not connection.is_usable():
+            with suppress(*database_errors()):
+                connection.close()
+
+
+def close_stale_connections() -> None:
+    """``close_old_connections()`` for a worker loop, between two batches: connections
+    past ``CONN_MAX_AGE`` or left unusable by an error are closed. A connection inside a
+    transaction (a caller's ``atomic`` block) is left alone."""
+    for connection in _thread_connections():
+        with suppress(*database_errors()):
+            connection.close_if_unusable_or_obsolete()
+
+
+def _thread_connections() -> list[Any]:
+    from django.conf import settings
+
+    if not settings.configured:  # the Redis bus used without Django settings
+        return []
+    from django.db import connections
+
+    return [c for c in connections.all(initialized_only=True) if not c.in_atomic_block]
+
+
+def _exception_chain(error: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _reports_lost_connection(error: BaseException) -> bool:
+    # Django's wrapper is judged by the driver error it was raised from. An
+    # InterfaceError ("the connection is closed", but also "the cursor is closed") is
+    # judged by the connection's state instead, and SQLite never loses a server.
+    if not isinstance(error, _driver_errors()[1]):
+        return False
+    sqlstate = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+    return sqlstate is None or str(sqlstate).startswith(_LOST_CONNECTION_SQLSTATES)
+
+
+def _a_connection_is_broken() -> bool:
+    return any(c.connection is not None and not c.is_usable() for c in _thread_connections())

@@ -5,11 +5,17 @@
 - E003: a numeric setting is out of range.
 - E004: ``EVENTSOURCE_EVENT_BUS`` is not ``None``, ``"memory"``, ``"redis"`` or an
   importable dotted path.
+- E010-E012: the configured event bus cannot be used (see ``check_bus_backend``).
+- E020: a projection of ``EVENTSOURCE_PROJECTIONS`` handles (or subscribes to) an event
+  class that nothing in the default event registry matches, so ``run_projections``
+  cannot read such events back.
 - W001: the outbox is enabled but there is no bus to publish to.
 - W002: ``EVENTSOURCE_TRACING`` is ``True`` but ``opentelemetry-api`` is not installed.
 - W003: a SQLite database the app writes to lacks ``"transaction_mode": "IMMEDIATE"`` or
   a busy ``timeout`` in its ``OPTIONS``, so concurrent writers fail with "database is
   locked" instead of waiting.
+- W020: a projection of ``EVENTSOURCE_PROJECTIONS`` subscribes to an event class it has
+  no ``@handles`` method for, so those events are read and skipped.
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ POSITIVE_INTEGER_SETTINGS = (
     "PROJECTION_BATCH_SIZE",
     "OUTBOX_BATCH_SIZE",
     "MAX_RETRIES",
-    "OUTBOX_MAX_ATTEMPTS",
 )
+
+#: Settings that must be integers >= 1 when they are not None.
+OPTIONAL_POSITIVE_INTEGER_SETTINGS = ("OUTBOX_MAX_ATTEMPTS",)
 
 #: Settings that must be numbers >= 0 (seconds).
 NON_NEGATIVE_NUMBER_SETTINGS = (
@@ -38,6 +46,7 @@ NON_NEGATIVE_NUMBER_SETTINGS = (
     "RETRY_BACKOFF",
     "RETRY_BACKOFF_MAX",
     "OUTBOX_CLAIM_TIMEOUT",
+    "OUTBOX_GIVE_UP_AFTER",
 )
 
 BUILTIN_EVENT_BUSES = ("memory", "redis")
@@ -121,8 +130,10 @@ def check_numeric_settings(
 ) -> list[CheckMessage]:
     """E003: numeric settings must be in range; W001: an enabled outbox needs a bus."""
     messages: list[CheckMessage] = []
-    for name in POSITIVE_INTEGER_SETTINGS:
+    for name in POSITIVE_INTEGER_SETTINGS + OPTIONAL_POSITIVE_INTEGER_SETTINGS:
         value = conf.raw(name)
+        if value is None and name in OPTIONAL_POSITIVE_INTEGER_SETTINGS:
+            continue
         if not _is_integer(value) or value < 1:
             messages.append(
                 Error(
@@ -261,6 +272,80 @@ def check_tracing(
             )
         ]
     return []
+
+
+@register()
+def check_projection_handlers(
+    app_configs: Sequence[AppConfig] | None = None,
+    databases: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> list[CheckMessage]:
+    """E020: handled event classes are registered; W020: subscribed classes are handled.
+
+    Registration is checked here rather than when a projection class is defined: event
+    classes are usually registered by a decorator in a module the projection's module
+    imports, but they may also be registered later (in ``AppConfig.ready()``), and a
+    handler for a base class is matched by its registered subclasses. By the time checks
+    run, every app is ready.
+    """
+    from .events.handlers import find_handler_name
+    from .events.registry import default_registry
+    from .projections.base import DeclarativeProjection, Projection
+
+    paths = conf.PROJECTIONS
+    if not isinstance(paths, list | tuple):
+        return []  # reported as E001
+    messages: list[CheckMessage] = []
+    for path in paths:
+        if not isinstance(path, str):
+            continue  # reported as E001
+        try:
+            target = import_string(path)
+        except ImportError:
+            continue  # reported as E001
+        # Factories are left alone: calling arbitrary code is the runner's business.
+        if not (isinstance(target, type) and issubclass(target, Projection)):
+            continue
+        handlers = target.get_handlers() if issubclass(target, DeclarativeProjection) else {}
+        try:
+            subscribed = target().subscribed_to()
+        except Exception:
+            # A projection that cannot be built without arguments fails loudly in the
+            # runner; its handlers are still checked below.
+            subscribed = []
+        wanted = list(handlers)
+        wanted.extend(cls for cls in subscribed if cls not in wanted)
+        # Read after the import: importing the projection's module is what usually
+        # registers its events.
+        registered = tuple(cls for _, cls in default_registry.items())
+        for event_class in wanted:
+            if any(issubclass(cls, event_class) for cls in registered):
+                continue
+            method = handlers.get(event_class)
+            where = f"{path}.{method}" if method else f"{path}.subscribed_to()"
+            messages.append(
+                Error(
+                    f"{where} names event class {event_class.__qualname__}, which is not "
+                    "registered: run_projections cannot read such events back.",
+                    hint="Decorate the event class with @register_event and make sure its "
+                    "module is imported at start-up, or drop the handler.",
+                    id="django_eventsource.E020",
+                )
+            )
+        if not issubclass(target, DeclarativeProjection):
+            continue
+        for event_class in subscribed:
+            if find_handler_name(handlers, event_class) is None:
+                messages.append(
+                    Warning(
+                        f"{path} subscribes to {event_class.__qualname__} but has no "
+                        "@handles method for it: those events are read and skipped.",
+                        hint=f"Add a @handles({event_class.__name__}) method, or remove the "
+                        "class from subscribed_to().",
+                        id="django_eventsource.W020",
+                    )
+                )
+    return messages
 
 
 @register()

@@ -67,8 +67,11 @@ class Settings:
     OUTBOX_ENABLED: Setting[bool] = Setting(False, bool)
     # Rows claimed per publish_outbox batch.
     OUTBOX_BATCH_SIZE: Setting[int] = Setting(100, int)
-    # Publishing attempts before an outbox row is marked failed.
-    OUTBOX_MAX_ATTEMPTS: Setting[int] = Setting(10, int)
+    # Seconds after an outbox row's first failed publishing attempt from which its next
+    # failed attempt marks it failed.
+    OUTBOX_GIVE_UP_AFTER: Setting[float] = Setting(3600.0, float)
+    # Deprecated: when set, a row is also marked failed after this many failed attempts.
+    OUTBOX_MAX_ATTEMPTS: Setting[int | None] = Setting(None, _optional_int)
     # Seconds after which an unfinished claim on an outbox row is taken over.
     OUTBOX_CLAIM_TIMEOUT: Setting[float] = Setting(300.0, float)
     # Published outbox rows older than this many days are deleted by publish_outbox.

@@ -68,15 +68,30 @@ class AggregateNotFoundError(EventSourceError):
 
 
 class EventVersionError(EventSourceError):
-    """An event's ``aggregate_version`` does not follow the aggregate's current version."""
+    """An event's ``aggregate_version`` does not follow the aggregate's current version.
 
-    def __init__(self, aggregate_id: UUID, expected_version: int, event_version: int) -> None:
+    ``actual_version`` (also available as ``event_version``) is the version the event
+    carries; ``expected_version`` the one the aggregate needed; ``event_id`` names the
+    refused event.
+    """
+
+    def __init__(
+        self,
+        aggregate_id: UUID,
+        expected_version: int,
+        event_version: int,
+        *,
+        event_id: UUID | None = None,
+    ) -> None:
         self.aggregate_id = aggregate_id
         self.expected_version = expected_version
+        self.actual_version = event_version
         self.event_version = event_version
+        self.event_id = event_id
+        subject = f"Event {event_id}" if event_id is not None else "An event"
         super().__init__(
-            f"Event for aggregate {aggregate_id} has aggregate_version {event_version}, "
-            f"expected {expected_version}"
+            f"{subject} for aggregate {aggregate_id} has aggregate_version {event_version}, "
+            f"expected version {expected_version}"
         )
 
 
@@ -154,7 +169,15 @@ class ProjectionBusyError(EventSourceError):
 
 
 class SerializationError(EventSourceError):
-    """An event could not be serialized or deserialized (payload no longer validates)."""
+    """An event could not be serialized or deserialized (payload no longer validates).
+
+    ``event_type`` names the stored type when it is known, so a failure can be traced to
+    the event class (or upcaster) to fix.
+    """
+
+    def __init__(self, message: str, *, event_type: str | None = None) -> None:
+        self.event_type = event_type
+        super().__init__(message)
 
 
 class UpcastError(SerializationError):
@@ -168,7 +191,10 @@ class EventTypeNotFoundError(EventSourceError, KeyError):
         self.event_type = event_type
         self.available_types = sorted(available)
         listed = ", ".join(self.available_types) if self.available_types else "(none)"
-        super().__init__(f"Unknown event type {event_type!r}. Registered event types: {listed}")
+        super().__init__(
+            f"Unknown event type {event_type!r}; did you forget to register it "
+            f"(@register_event)? Registered event types: {listed}"
+        )
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return str(self.args[0])

@@ -8,7 +8,7 @@ from typing import Any, Self
 from uuid import UUID
 
 from django.db import IntegrityError, models, transaction
-from django.db.models import Count, F, Max, Min, OuterRef, Q, Subquery
+from django.db.models import Avg, Count, F, Max, Min, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -321,7 +321,11 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
 
     def count_attempt(self, error: str) -> int:
         """Count one failed attempt and record ``error``; the rows keep their status."""
-        return self.update(retry_count=F("retry_count") + 1, last_error=error)
+        return self.update(
+            retry_count=F("retry_count") + 1,
+            last_error=error,
+            first_failed_at=Coalesce("first_failed_at", Now()),
+        )
 
     def mark_failed(self, error: str) -> int:
         """Give up on these rows: ``failed`` with ``error``, released, kept visible."""
@@ -330,24 +334,30 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         )
 
     def requeue(self) -> int:
-        """Make these rows pending and due now, with their attempt count back at zero."""
+        """Make these rows pending and due now, with their attempt count back at zero
+        and their give-up clock stopped."""
         return self.update(
             status=OutboxMessage.Status.PENDING,
             retry_count=0,
             next_attempt_at=None,
+            first_failed_at=None,
             claimed_by="",
             claimed_at=None,
         )
 
     def status_summary(self) -> dict[str, Any]:
-        """``pending``, ``published`` and ``failed`` counts and ``oldest_pending`` (the
-        oldest pending row's ``created_at``, or ``None``), in one query."""
+        """``pending``, ``published`` and ``failed`` counts, ``oldest_pending`` (the
+        oldest pending row's ``created_at``) and ``avg_retries`` (the mean
+        ``retry_count`` of the pending rows), in one query; both are ``None`` when
+        nothing is pending."""
         status = OutboxMessage.Status
+        pending = Q(status=status.PENDING)
         return self.aggregate(
-            pending=Count("id", filter=Q(status=status.PENDING)),
+            pending=Count("id", filter=pending),
             published=Count("id", filter=Q(status=status.PUBLISHED)),
             failed=Count("id", filter=Q(status=status.FAILED)),
-            oldest_pending=Min("created_at", filter=Q(status=status.PENDING)),
+            oldest_pending=Min("created_at", filter=pending),
+            avg_retries=Avg("retry_count", filter=pending),
         )
 
 
@@ -374,6 +384,15 @@ class OutboxMessage(models.Model):
     retry_count = models.PositiveIntegerField(_("attempts"), default=0)
     last_error = models.TextField(_("last error"), blank=True, default="")
     next_attempt_at = models.DateTimeField(_("next attempt at"), null=True, blank=True)
+    first_failed_at = models.DateTimeField(
+        _("first failed at"),
+        null=True,
+        blank=True,
+        help_text=_(
+            "When the first failed publishing attempt happened; "
+            "EVENTSOURCE_OUTBOX_GIVE_UP_AFTER counts from here."
+        ),
+    )
     claimed_by = models.CharField(_("claimed by"), max_length=255, blank=True, default="")
     claimed_at = models.DateTimeField(_("claimed at"), null=True, blank=True)
 

@@ -2,7 +2,8 @@
 
 Tests marked ``postgres`` run only when the suite runs on PostgreSQL. Tests marked
 ``redis`` need a Redis server: without one they are skipped, unless
-``EVENTSOURCE_REQUIRE_SERVICES=1`` (CI), where a missing server fails them.
+``EVENTSOURCE_REQUIRE_SERVICES=1`` (CI), where a missing server fails them. The same
+goes for the throwaway PostgreSQL cluster of the fault tests.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from urllib.parse import urlparse
 import pytest
 from django.conf import settings
 from django.db import connection
+
+from tests.services import ThrowawayPostgres, postgres_tools_available
 
 REQUIRE_SERVICES = os.environ.get("EVENTSOURCE_REQUIRE_SERVICES") == "1"
 
@@ -50,6 +53,21 @@ def redis_url() -> str:
             pytest.fail(f"Redis is required but not reachable at {settings.REDIS_URL}")
         pytest.skip(f"Redis not reachable at {settings.REDIS_URL}")
     return str(settings.REDIS_URL)
+
+
+@pytest.fixture(scope="session")
+def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
+    """A PostgreSQL cluster of this test process, which tests may stop and start."""
+    if not postgres_tools_available():
+        reason = "a throwaway PostgreSQL cluster needs pg_createcluster (postgresql-common)"
+        if REQUIRE_SERVICES:
+            pytest.fail(f"{reason}; EVENTSOURCE_REQUIRE_SERVICES=1 requires it")
+        pytest.skip(reason)
+    cluster = ThrowawayPostgres.create()
+    try:
+        yield cluster
+    finally:
+        cluster.drop()
 
 
 @pytest.fixture(autouse=True)

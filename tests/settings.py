@@ -2,12 +2,14 @@
 
 ``EVENTSOURCE_TEST_DB=postgres`` runs the suite on PostgreSQL (``EVENTSOURCE_TEST_PG_*``
 variables override the connection), anything else on SQLite. ``EVENTSOURCE_TEST_DB_SUFFIX``
-keeps concurrent runs on separate test databases.
+keeps concurrent runs on separate test databases. ``EVENTSOURCE_TEST_SETTINGS`` (a JSON
+object) replaces settings for test subprocesses that run on servers of their own.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -115,3 +117,7 @@ LOGGING = {
     "handlers": {"null": {"class": "logging.NullHandler"}},
     "loggers": {"django_eventsource": {"handlers": ["null"], "level": "DEBUG"}},
 }
+
+# Test subprocesses running on servers of their own (tests/services.py,
+# scripts/fault_run.py) get their settings as a JSON object, which replaces the above.
+globals().update(json.loads(os.environ.get("EVENTSOURCE_TEST_SETTINGS", "{}")))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from decimal import Decimal
 from uuid import uuid4
 
@@ -101,6 +102,18 @@ def test_an_event_that_skips_a_version_is_refused(wrong_version: int) -> None:
     assert (excinfo.value.expected_version, excinfo.value.event_version) == (1, wrong_version)
     assert account.version == 0
     assert not account.has_uncommitted_events
+
+
+def test_a_version_error_names_the_event_and_both_versions() -> None:
+    account = Account(uuid4())
+    event = AccountOpenedFactory(aggregate_id=account.aggregate_id, aggregate_version=4)
+    with pytest.raises(EventVersionError) as excinfo:
+        account.apply_event(event)
+    error = excinfo.value
+    assert (error.event_id, error.expected_version, error.actual_version) == (event.event_id, 1, 4)
+    assert str(event.event_id) in str(error)
+    assert "aggregate_version 4" in str(error)
+    assert "expected version 1" in str(error)
 
 
 def test_an_event_replayed_twice_is_refused() -> None:
@@ -288,3 +301,103 @@ def test_an_async_handler_on_an_aggregate_is_refused_at_class_definition() -> No
             @handles(AccountOpened)
             async def _on_opened(self, event: AccountOpened) -> None:
                 self._state = CounterState(total=1)
+
+
+# -- turning off the version check --------------------------------------------------------
+
+
+def lenient_counter_class() -> type[Counter]:
+    """A new ``Counter`` subclass (each warns for itself) that skips the version check."""
+
+    class LenientCounter(Counter):
+        validate_versions = False
+
+    return LenientCounter
+
+
+def test_an_aggregate_without_version_validation_applies_any_aggregate_version() -> None:
+    counter = lenient_counter_class()(uuid4())
+    for version in (5, 3):
+        counter.apply_event(
+            CounterIncremented(aggregate_id=counter.aggregate_id, aggregate_version=version)
+        )
+    assert counter.state.total == 2
+    assert counter.version == 3
+    assert [e.aggregate_version for e in counter.uncommitted_events] == [5, 3]
+    # Only the version check is off: another aggregate's event is still refused.
+    with pytest.raises(InvalidEventError, match="belongs to aggregate"):
+        counter.apply_event(CounterIncremented(aggregate_id=uuid4()))
+
+
+def test_turning_off_version_validation_logs_one_warning_per_class(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first_class, second_class = lenient_counter_class(), lenient_counter_class()
+    with caplog.at_level(logging.WARNING, logger="django_eventsource"):
+        for aggregate_class in (first_class, first_class, second_class):
+            counter = aggregate_class(uuid4())
+            for version in (1, 2):
+                counter.apply_event(
+                    CounterIncremented(aggregate_id=counter.aggregate_id, aggregate_version=version)
+                )
+    warnings = [r for r in caplog.records if "validate_versions = False" in r.getMessage()]
+    assert len(warnings) == 2
+    assert all("LenientCounter" in r.getMessage() for r in warnings)
+
+
+def test_the_validation_warning_is_logged_once_when_threads_race_to_apply(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    aggregate_class = lenient_counter_class()
+    start = threading.Barrier(8)
+
+    def apply_one() -> None:
+        counter = aggregate_class(uuid4())
+        start.wait()
+        counter.apply_event(CounterIncremented(aggregate_id=counter.aggregate_id))
+
+    with caplog.at_level(logging.WARNING, logger="django_eventsource"):
+        threads = [threading.Thread(target=apply_one) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    warnings = [r for r in caplog.records if "validate_versions = False" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+# -- clearing, identity and repr ----------------------------------------------------------
+
+
+def test_clear_uncommitted_events_returns_the_events_it_cleared() -> None:
+    account = Account(uuid4())
+    account.open("ada", Decimal("10"))
+    account.deposit(Decimal("5"))
+    pending = account.uncommitted_events
+    cleared = account.clear_uncommitted_events()
+    assert cleared == pending
+    assert not account.has_uncommitted_events
+    assert account.clear_uncommitted_events() == []
+    assert (account.version, account.state.balance) == (2, Decimal("15"))
+
+
+def test_aggregates_are_equal_by_type_and_id_whatever_their_version() -> None:
+    history = account_history(deposits=2)
+    agg_id = history[0].aggregate_id
+    fresh, loaded = Account(agg_id), Account(agg_id)
+    loaded.load_from_history(history)
+    assert fresh == loaded
+    assert hash(fresh) == hash(loaded)
+    assert len({fresh, loaded, Counter(agg_id), Account(uuid4())}) == 3
+    assert Account(agg_id) != Counter(agg_id)
+    assert Account(agg_id) != agg_id
+
+
+def test_repr_shows_the_aggregate_type_id_and_version() -> None:
+    class TallyAggregate(Counter):
+        aggregate_type = "Tally"
+
+    tally = TallyAggregate(uuid4())
+    tally.apply_event(CounterIncremented(aggregate_id=tally.aggregate_id))
+    tally.apply_event(CounterIncremented(aggregate_id=tally.aggregate_id, aggregate_version=2))
+    assert repr(tally) == f"<TallyAggregate Tally:{tally.aggregate_id} version=2>"

@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from decimal import Decimal
 from uuid import UUID, uuid4
 
@@ -277,6 +277,25 @@ def test_clear_subscribers_removes_typed_and_wildcard_subscriptions(
     assert bus.get_subscriber_count() == 0
 
 
+def test_the_wildcard_subscriber_count_counts_only_handlers_of_every_event(
+    bus: InMemoryEventBus,
+) -> None:
+    audit, metrics = Recorder(), Recorder()
+    bus.subscribe(AccountOpened, Recorder())
+    bus.subscribe_to_all_events(audit)
+    bus.subscribe_to_all_events(audit)  # no further effect
+    bus.subscribe_to_all_events(metrics)
+
+    assert bus.get_wildcard_subscriber_count() == 2
+    assert bus.get_subscriber_count(AccountOpened) == 1
+    assert bus.get_subscriber_count() == 3
+
+    bus.unsubscribe_from_all_events(audit)
+    assert bus.get_wildcard_subscriber_count() == 1
+    bus.clear_subscribers()
+    assert bus.get_wildcard_subscriber_count() == 0
+
+
 # -- error isolation ------------------------------------------------------------------
 
 
@@ -351,6 +370,88 @@ def test_apublish_isolates_failing_handlers_too(bus: InMemoryEventBus) -> None:
     assert bus.stats.handler_errors == 1
 
 
+class Timeline:
+    """Async handlers that log when they start and finish, one await apart."""
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+
+    def handler(self, name: str, fail: bool = False) -> Callable[[DomainEvent], Awaitable[None]]:
+        async def handle(event: DomainEvent) -> None:
+            self.log.append(f"{owner_of(event)}: {name} starts")
+            await asyncio.sleep(0)  # where an I/O-bound handler would wait on the network
+            if fail:
+                self.log.append(f"{owner_of(event)}: {name} fails")
+                raise RuntimeError(f"{name} is down")
+            await asyncio.sleep(0)
+            self.log.append(f"{owner_of(event)}: {name} ends")
+
+        handle.__qualname__ = name
+        return handle
+
+
+EVENT_BY_EVENT = [
+    "first: email starts",
+    "first: webhook starts",
+    "first: email ends",
+    "first: webhook ends",
+    "second: email starts",
+    "second: webhook starts",
+    "second: email ends",
+    "second: webhook ends",
+]
+
+
+def test_apublish_runs_the_async_handlers_of_an_event_together_and_events_one_by_one(
+    bus: InMemoryEventBus,
+) -> None:
+    timeline = Timeline()
+    bus.subscribe(AccountOpened, timeline.handler("email"))
+    bus.subscribe_to_all_events(timeline.handler("webhook"))
+
+    asyncio.run(bus.apublish([opened(owner="first"), opened(owner="second")]))
+
+    assert timeline.log == EVENT_BY_EVENT
+    assert bus.stats.handlers_invoked == 4
+
+
+def test_a_sync_publish_runs_the_async_handlers_of_an_event_together_too(
+    bus: InMemoryEventBus,
+) -> None:
+    timeline = Timeline()
+    bus.subscribe(AccountOpened, timeline.handler("email"))
+    bus.subscribe_to_all_events(timeline.handler("webhook"))
+
+    bus.publish([opened(owner="first"), opened(owner="second")])
+
+    assert timeline.log == EVENT_BY_EVENT
+
+
+def test_an_async_handler_failing_mid_flight_stops_none_of_the_others_under_apublish(
+    bus: InMemoryEventBus, caplog: pytest.LogCaptureFixture
+) -> None:
+    timeline = Timeline()
+    synced: list[str] = []
+    bus.subscribe(AccountOpened, timeline.handler("email"))
+    bus.subscribe(AccountOpened, lambda event: synced.append("ledger"))
+    bus.subscribe(AccountOpened, timeline.handler("webhook", fail=True))
+    bus.subscribe(AccountOpened, lambda event: synced.append("cache"))
+
+    with caplog.at_level(logging.ERROR, logger="django_eventsource"):
+        asyncio.run(bus.apublish([opened(owner="only")]))
+
+    assert timeline.log == [
+        "only: email starts",
+        "only: webhook starts",
+        "only: webhook fails",
+        "only: email ends",
+    ]
+    assert synced == ["ledger", "cache"]  # sync handlers still run in subscription order
+    assert (bus.stats.handlers_invoked, bus.stats.handler_errors) == (4, 1)
+    [failure] = [r for r in caplog.records if r.name == "django_eventsource"]
+    assert "webhook" in failure.getMessage() and failure.exc_info is not None
+
+
 def test_sync_publish_called_inside_a_running_loop_still_runs_async_handlers(
     bus: InMemoryEventBus,
 ) -> None:
@@ -396,7 +497,12 @@ def test_background_publish_returns_before_handlers_finish_and_shutdown_waits_fo
 
     assert owners == ["a", "b", "c"]
     assert bus.stats == InMemoryEventBusStats(
-        events_published=3, handlers_invoked=3, handler_errors=0, background_pending=0
+        events_published=3,
+        handlers_invoked=3,
+        handler_errors=0,
+        background_pending=0,
+        background_tasks_created=2,
+        background_tasks_completed=2,
     )
 
 
@@ -428,6 +534,41 @@ def test_a_failing_background_handler_does_not_stop_the_worker(bus: InMemoryEven
     assert bus.stats.handler_errors == 2
 
 
+def test_background_tasks_are_counted_until_they_complete_or_fail(bus: InMemoryEventBus) -> None:
+    gate = threading.Event()
+    started = threading.Event()
+
+    def handler(event: DomainEvent) -> None:
+        started.set()
+        gate.wait(WAIT)
+        if owner_of(event) == "bad":
+            raise RuntimeError("mail server down")
+
+    bus.subscribe(AccountOpened, handler)
+    assert bus.get_background_task_count() == 0
+
+    bus.publish([opened(owner="a"), opened(owner="b")], background=True)
+    bus.publish([opened(owner="c"), opened(owner="bad")], background=True)
+    assert started.wait(WAIT)
+
+    assert bus.get_background_task_count() == 2  # one being delivered, one queued
+    assert bus.stats.background_tasks_created == 2
+    assert bus.stats.background_tasks_completed == 0
+
+    gate.set()
+    bus.shutdown(timeout=WAIT)
+
+    stats = bus.get_stats()
+    assert (
+        stats.background_tasks_created,
+        stats.background_tasks_completed,
+        stats.background_tasks_failed,
+        stats.background_tasks_dropped,
+    ) == (2, 1, 1, 0)
+    assert stats.handler_errors == 1
+    assert bus.get_background_task_count() == 0
+
+
 def test_shutdown_gives_up_after_its_timeout_and_drops_the_queued_events(
     bus: InMemoryEventBus, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -452,6 +593,9 @@ def test_shutdown_gives_up_after_its_timeout_and_drops_the_queued_events(
     gate.set()
     bus.shutdown(timeout=WAIT)  # a second call waits for the worker to finish
     assert owners == ["in-flight"]
+    stats = bus.get_stats()
+    assert (stats.background_tasks_completed, stats.background_tasks_dropped) == (1, 1)
+    assert bus.get_background_task_count() == 0
 
 
 @pytest.mark.parametrize("background", [False, True])

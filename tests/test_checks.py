@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,14 +14,25 @@ from django.core.management.base import SystemCheckError
 from django.db import connection
 from django.test import override_settings
 
-from django_eventsource import DomainEvent, checks, default_registry, upcaster
+from django_eventsource import (
+    DeclarativeProjection,
+    DomainEvent,
+    Projection,
+    checks,
+    default_registry,
+    handles,
+    upcaster,
+)
 from django_eventsource.checks import (
     check_event_bus,
     check_numeric_settings,
+    check_projection_handlers,
     check_projections,
     check_sqlite_writers,
     check_upcasters,
 )
+from tests.testapp import projections as testapp_projections
+from tests.testapp.domain import AccountClosed, AccountOpened
 
 # ``manage.py check`` runs the model checks against every database since Django 6.1.3;
 # on SQLite the JSONField check then asks the database whether it supports JSON.
@@ -34,6 +48,7 @@ def test_the_default_settings_pass_every_check() -> None:
     assert check_upcasters() == []
     assert check_numeric_settings() == []
     assert check_event_bus() == []
+    assert check_projection_handlers() == []
     assert check_sqlite_writers() == []
     call_command("check", fail_level="WARNING")
 
@@ -117,6 +132,7 @@ def test_e002_clears_once_the_chain_is_complete(broken_upcaster_chain: None) -> 
         ("EVENTSOURCE_RETRY_BACKOFF", "fast"),
         ("EVENTSOURCE_RETRY_BACKOFF_MAX", -1),
         ("EVENTSOURCE_OUTBOX_CLAIM_TIMEOUT", None),
+        ("EVENTSOURCE_OUTBOX_GIVE_UP_AFTER", -60),
     ],
 )
 def test_an_out_of_range_number_is_e003(setting: str, value: object) -> None:
@@ -134,6 +150,8 @@ def test_an_out_of_range_number_is_e003(setting: str, value: object) -> None:
     EVENTSOURCE_MAX_RETRIES=10,
     EVENTSOURCE_POLL_INTERVAL=0,
     EVENTSOURCE_RETRY_BACKOFF=2,
+    EVENTSOURCE_OUTBOX_GIVE_UP_AFTER=0,
+    EVENTSOURCE_OUTBOX_MAX_ATTEMPTS=None,
 )
 def test_in_range_numbers_pass() -> None:
     assert check_numeric_settings() == []
@@ -236,3 +254,132 @@ def test_an_unusable_event_bus_is_e004(value: object) -> None:
         assert ids(messages) == ["django_eventsource.E004"]
         with pytest.raises(SystemCheckError, match=r"django_eventsource\.E004"):
             call_command("check")
+
+
+# -- E020 / W020 projection handlers -------------------------------------------------------
+
+
+class ParcelScanned(DomainEvent):
+    """Never registered: the runner could not read it back."""
+
+    aggregate_type: str = "Parcel"
+
+
+class ParcelTracking(DeclarativeProjection):
+    @handles(ParcelScanned)
+    def on_scanned(self, event: ParcelScanned) -> None: ...
+
+    def reset(self) -> None: ...
+
+
+class ParcelCounter(Projection):
+    def subscribed_to(self) -> list[type[DomainEvent]]:
+        return [ParcelScanned]
+
+    def handle(self, event: DomainEvent) -> None: ...
+
+    def reset(self) -> None: ...
+
+
+class AnyEventJournal(DeclarativeProjection):
+    """Handles the base class: matched by every registered event class."""
+
+    @handles(DomainEvent)
+    def on_any(self, event: DomainEvent) -> None: ...
+
+    def reset(self) -> None: ...
+
+
+class ClosingsForgotten(DeclarativeProjection):
+    @handles(AccountOpened)
+    def on_opened(self, event: AccountOpened) -> None: ...
+
+    def subscribed_to(self) -> list[type[DomainEvent]]:
+        return [*super().subscribed_to(), AccountClosed]
+
+    def reset(self) -> None: ...
+
+
+def test_the_projections_of_the_test_app_pass_the_handler_checks() -> None:
+    paths = [
+        getattr(testapp_projections, name)
+        for name in ("SUMMARY", "COUNTING", "TALLY", "FLAKY", "OPTIMISTIC", "ASYNC_JOURNAL")
+    ]
+    with override_settings(EVENTSOURCE_PROJECTIONS=[*paths, "tests.test_checks.AnyEventJournal"]):
+        assert check_projection_handlers() == []
+
+
+def test_events_registered_by_importing_the_projections_module_count_as_registered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "late_shipping.py").write_text(
+        textwrap.dedent(
+            """
+            from django_eventsource import DeclarativeProjection, DomainEvent, handles
+            from django_eventsource import register_event
+
+            @register_event
+            class LateParcelShipped(DomainEvent):
+                aggregate_type: str = "Parcel"
+
+            class LateShipping(DeclarativeProjection):
+                @handles(LateParcelShipped)
+                def on_shipped(self, event):
+                    pass
+
+                def reset(self):
+                    pass
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "late_shipping", raising=False)
+    try:
+        with override_settings(EVENTSOURCE_PROJECTIONS=["late_shipping.LateShipping"]):
+            assert check_projection_handlers() == []
+    finally:
+        default_registry.unregister("LateParcelShipped")
+        sys.modules.pop("late_shipping", None)
+
+
+def test_a_handler_of_an_unregistered_event_class_is_e020() -> None:
+    with override_settings(EVENTSOURCE_PROJECTIONS=["tests.test_checks.ParcelTracking"]):
+        (message,) = check_projection_handlers()
+        assert message.id == "django_eventsource.E020"
+        assert "tests.test_checks.ParcelTracking.on_scanned" in message.msg
+        assert "ParcelScanned" in message.msg
+        assert "@register_event" in (message.hint or "")
+        with pytest.raises(SystemCheckError, match=r"django_eventsource\.E020"):
+            call_command("check")
+
+
+def test_e020_clears_once_the_event_class_is_registered() -> None:
+    default_registry.register(ParcelScanned)
+    try:
+        with override_settings(EVENTSOURCE_PROJECTIONS=["tests.test_checks.ParcelTracking"]):
+            assert check_projection_handlers() == []
+    finally:
+        default_registry.unregister("ParcelScanned")
+
+
+def test_a_subscription_to_an_unregistered_event_class_is_e020_for_any_projection() -> None:
+    with override_settings(EVENTSOURCE_PROJECTIONS=["tests.test_checks.ParcelCounter"]):
+        (message,) = check_projection_handlers()
+    assert message.id == "django_eventsource.E020"
+    assert "ParcelCounter.subscribed_to()" in message.msg
+
+
+def test_a_subscribed_event_class_without_a_handler_is_w020() -> None:
+    with override_settings(EVENTSOURCE_PROJECTIONS=["tests.test_checks.ClosingsForgotten"]):
+        (message,) = check_projection_handlers()
+        assert message.id == "django_eventsource.W020"
+        assert "tests.test_checks.ClosingsForgotten" in message.msg
+        assert "AccountClosed" in message.msg
+        call_command("check")  # a warning alone does not fail the default level
+        with pytest.raises(SystemCheckError, match=r"django_eventsource\.W020"):
+            call_command("check", fail_level="WARNING")
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=["tests.testapp.domain.Account", "no.such.Path"])
+def test_entries_that_are_not_projection_classes_are_left_to_e001() -> None:
+    assert check_projection_handlers() == []

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from django.conf import settings
@@ -194,3 +195,81 @@ def test_every_docs_page_is_in_the_navigation() -> None:
     nav = (DOCS.parent / "mkdocs.yml").read_text()
     pages = sorted(path.name for path in DOCS.glob("*.md"))
     assert [page for page in pages if f": {page}" not in nav] == []
+
+
+#: The public names of the eventsource guide, from its "Public API Surface" and module
+#: tables; the PostgreSQL classes are the ones renamed here.
+GUIDE_NAMES = (
+    *("TState", "AggregateId", "EventId", "TenantId", "CorrelationId", "CausationId"),
+    *("DomainEvent", "EventRegistry", "default_registry", "register_event"),
+    *("get_event_class", "get_event_class_or_none", "is_event_registered"),
+    *("list_registered_events", "EventTypeNotFoundError", "DuplicateEventTypeError"),
+    *("EventStore", "EventPublisher", "EventStream", "AppendResult", "StoredEvent"),
+    *("ReadOptions", "ReadDirection", "ExpectedVersion", "InMemoryEventStore"),
+    *("PostgreSQLEventStore", "AggregateRoot", "DeclarativeAggregate", "AggregateRepository"),
+    *("Projection", "EventHandlerBase", "CheckpointTrackingProjection"),
+    *("DeclarativeProjection", "handles", "EventSubscriber", "ProjectionRegistry"),
+    *("ProjectionCoordinator", "EventBus", "EventHandler", "EventHandlerFunc"),
+    *("AsyncEventHandler", "InMemoryEventBus", "RedisEventBus", "RedisEventBusConfig"),
+    *("RedisEventBusStats", "RedisNotAvailableError", "REDIS_AVAILABLE"),
+    *("CheckpointRepository", "PostgreSQLCheckpointRepository"),
+    *("InMemoryCheckpointRepository", "CheckpointData", "LagMetrics", "DLQRepository"),
+    *("PostgreSQLDLQRepository", "InMemoryDLQRepository", "DLQEntry", "DLQStats"),
+    *("ProjectionFailureCount", "OutboxRepository", "PostgreSQLOutboxRepository"),
+    *("InMemoryOutboxRepository", "OutboxEntry", "OutboxStats", "EventSourceJSONEncoder"),
+)
+DOTTED_NAME = re.compile(r"\bdjango_eventsource(?:\.\w+)+")
+
+
+def resolve_dotted(dotted: str) -> object:
+    """The module or attribute a dotted path names; raises when it names nothing."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            value: object = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for attribute in parts[cut:]:
+            value = getattr(value, attribute)
+        return value
+    raise ModuleNotFoundError(dotted)
+
+
+def test_guide_migration_page_maps_every_public_name_of_the_guide() -> None:
+    page = (DOCS / "guide-migration.md").read_text()
+    assert [name for name in GUIDE_NAMES if f"`{name}" not in page] == []
+
+
+def test_every_module_path_on_the_guide_migration_page_imports() -> None:
+    page = (DOCS / "guide-migration.md").read_text()
+    spans = re.findall(r"`([^`\n]+)`", page)
+    named = sorted({m for span in spans for m in DOTTED_NAME.findall(span)})
+    assert len(named) > 30  # the page names real paths, not just prose
+    broken = []
+    for dotted in named:
+        try:
+            resolve_dotted(dotted)
+        except (ImportError, AttributeError) as exc:
+            broken.append(f"{dotted}: {exc}")
+    assert broken == []
+
+
+def test_guide_migration_page_points_each_guide_name_at_a_module_holding_it() -> None:
+    page = (DOCS / "guide-migration.md").read_text()
+    table = page.split("\n## Names\n", 1)[1].split("\n## ", 1)[0]
+    misplaced = []
+    for row in table.splitlines():
+        cells = row.split("|")
+        if len(cells) < 4 or not (target := DOTTED_NAME.search(cells[2])):
+            continue
+        where = resolve_dotted(target.group(0))
+        for name in re.findall(r"`(\w+)", cells[1]):
+            if name.startswith("PostgreSQL"):  # renamed: the cell names the Django class
+                continue
+            if isinstance(where, ModuleType):
+                found = hasattr(where, name)
+            else:
+                found = getattr(where, "__name__", None) == name
+            if not found:
+                misplaced.append(f"{name} is not in {target.group(0)}")
+    assert misplaced == []

@@ -213,3 +213,13 @@ def test_from_dict_rejects_unknown_fields() -> None:
 def test_payload_holds_only_the_events_own_fields() -> None:
     event = make_invoice()
     assert set(event.payload()) == {"customer_id", "total", "due_at"}
+
+
+def test_str_of_an_event_names_its_type_ids_and_version_but_not_its_payload() -> None:
+    event = make_invoice(aggregate_version=3)
+    text = str(event)
+    assert text.startswith("InvoiceIssued(")
+    for part in (str(event.event_id), f"Invoice:{event.aggregate_id}", "v3"):
+        assert part in text
+    assert str(event.customer_id) not in text
+    assert "1234.50" not in text

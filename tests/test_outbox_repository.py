@@ -11,6 +11,7 @@ from uuid import uuid4
 import pytest
 from django.db import NotSupportedError, connection
 from django.utils import timezone
+from pytest_django import DjangoAssertNumQueries
 
 from django_eventsource import (
     DjangoEventStore,
@@ -86,6 +87,41 @@ def test_stats_count_rows_by_status(repo: OutboxRepository) -> None:
     assert stats.oldest_pending is not None
 
 
+def test_stats_give_the_mean_attempts_of_the_rows_still_to_publish(
+    repo: OutboxRepository,
+) -> None:
+    assert repo.get_stats().avg_retries == 0.0
+    fresh, retried, given_up, published = (repo.add_event(e) for e in account_history(deposits=3))
+    for _ in range(3):
+        repo.increment_retry(retried, "bus down")
+    for _ in range(5):
+        repo.increment_retry(given_up, "bus down")
+    repo.mark_failed(given_up, "bus down")
+    repo.increment_retry(published, "bus down")
+    repo.mark_published(published)
+
+    stats = repo.get_stats()
+
+    # (0 + 3) / 2: the failed and the published rows do not count.
+    assert stats.avg_retries == pytest.approx(1.5)
+    assert (stats.pending_count, stats.failed_count, stats.published_count) == (2, 1, 1)
+    repo.mark_published(fresh)
+    assert repo.get_stats().avg_retries == pytest.approx(3.0)
+
+
+def test_django_stats_cost_one_query(
+    db: None, django_assert_num_queries: DjangoAssertNumQueries
+) -> None:
+    repo = DjangoOutboxRepository()
+    outbox_id = repo.add_event(account_history(deposits=0)[0])
+    repo.increment_retry(outbox_id, "bus down")
+
+    with django_assert_num_queries(1):
+        stats = repo.get_stats()
+
+    assert (stats.pending_count, stats.avg_retries) == (1, 1.0)
+
+
 def test_cleanup_deletes_only_old_published_rows(repo: OutboxRepository) -> None:
     old, recent, pending = (repo.add_event(e) for e in account_history(deposits=2))
     repo.mark_published_many([old], now=timezone.now() - timedelta(days=10))
@@ -136,6 +172,29 @@ def test_failures_become_failed_after_the_last_attempt(repo: OutboxRepository) -
     assert given_up == 1
     assert entry is not None
     assert (entry.status, entry.retry_count, entry.last_error) == ("failed", 3, "error 2")
+
+
+def test_a_failing_row_becomes_failed_once_the_give_up_period_has_passed_since_its_first_failure(
+    repo: OutboxRepository,
+) -> None:
+    outbox_id = repo.add_event(account_history(deposits=0)[0])
+    first = timezone.now()
+    outcomes = []
+    for seconds in (0, 60, 3599, 3600):
+        failed_at = first + timedelta(seconds=seconds)
+        assert repo.claim_due("r", 1, now=failed_at, claim_timeout=60)
+        given_up = repo.record_failures(
+            [OutboxFailure(outbox_id, "down", failed_at)], now=failed_at, give_up_after=3600
+        )
+        entry = repo.get_entry(outbox_id)
+        assert entry is not None and entry.first_failed_at == first
+        outcomes.append((given_up, entry.status, entry.retry_count))
+
+    assert outcomes == [(0, "pending", 1), (0, "pending", 2), (0, "pending", 3), (1, "failed", 4)]
+    assert repo.retry_failed([outbox_id]) == 1
+    entry = repo.get_entry(outbox_id)
+    assert entry is not None
+    assert (entry.status, entry.retry_count, entry.first_failed_at) == ("pending", 0, None)
 
 
 @pytest.mark.django_db

@@ -18,12 +18,15 @@ from django_eventsource import (
     AggregateNotFoundError,
     EventSourceError,
     EventTypeNotFoundError,
+    EventVersionError,
     OptimisticLockError,
 )
 from django_eventsource.exceptions import (
     DuplicateEventIdError,
     InvalidEventError,
+    SerializationError,
     UnhandledEventError,
+    UpcastError,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -139,6 +142,9 @@ def test_every_name_in_all_resolves_with_django_configured() -> None:
         EventTypeNotFoundError("Missing", ["AccountOpened"]),
         UnhandledEventError("Account", "Missing"),
         InvalidEventError("bad input"),
+        EventVersionError(uuid4(), 2, 5, event_id=uuid4()),
+        SerializationError("no longer validates", event_type="AccountOpened"),
+        UpcastError("no upcaster from version 2", event_type="AccountOpened"),
     ],
     ids=lambda error: type(error).__name__,
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from decimal import Decimal
 from typing import Any
 
@@ -19,7 +20,6 @@ from django_eventsource import (
     ProjectionRegistry,
     handles,
 )
-from django_eventsource.exceptions import ProjectionError
 from django_eventsource.projections.base import RetryPolicy, apply_with_retries
 from tests.testapp.domain import AccountClosed, AccountOpened, MoneyDeposited
 from tests.testapp.projections import open_account
@@ -183,17 +183,25 @@ def test_the_registry_dispatches_only_to_interested_projections() -> None:
     assert registry.get("Balances") is balances
 
 
-def test_a_failing_projection_does_not_stop_dispatch_to_the_others() -> None:
+def test_a_failing_projection_is_logged_and_does_not_stop_dispatch_to_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     balances, everything = Balances(), Everything()
     registry = ProjectionRegistry([balances, everything])
+    # No account was opened, so Balances fails on the deposit.
     deposit = MoneyDeposited(
         aggregate_id=opened().aggregate_id, amount=Decimal(1), aggregate_version=2
     )
 
-    with pytest.raises(ProjectionError, match="Balances"):
+    with caplog.at_level(logging.ERROR, logger="django_eventsource"):
         registry.dispatch(deposit)
 
     assert everything.seen == ["MoneyDeposited"]
+    (record,) = caplog.records
+    assert "Balances" in record.getMessage()
+    assert str(deposit.event_id) in record.getMessage()
+    assert (record.projection, record.event_id) == ("Balances", str(deposit.event_id))  # type: ignore[attr-defined]
+    assert record.exc_info is not None and record.exc_info[0] is KeyError
 
 
 def test_registering_two_projections_with_one_name_is_an_error() -> None:

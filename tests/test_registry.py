@@ -22,8 +22,12 @@ from django_eventsource import (
     register_event,
     upcaster,
 )
+from django_eventsource.bus.memory import InMemoryEventBus
+from django_eventsource.bus.redis import RedisEventBus
 from django_eventsource.events.upcasting import find_broken_upcaster_chains
-from django_eventsource.exceptions import UpcastError
+from django_eventsource.exceptions import SerializationError, UpcastError
+from django_eventsource.outbox.relay import OutboxRelay
+from django_eventsource.outbox.repository import InMemoryOutboxRepository
 from tests.testapp.domain import AccountOpened
 
 
@@ -136,6 +140,11 @@ def test_unknown_type_error_lists_the_registered_types(registry: EventRegistry) 
     assert "Alpha, Beta" in str(excinfo.value)
 
 
+def test_unknown_type_error_asks_whether_the_type_was_registered(registry: EventRegistry) -> None:
+    with pytest.raises(EventTypeNotFoundError, match="did you forget to register it"):
+        registry.get("Forgotten")
+
+
 def test_module_level_lookups_accept_a_registry(registry: EventRegistry) -> None:
     event_class = registry.register(define_event("OnlyHere"))
     assert get_event_class("OnlyHere", registry=registry) is event_class
@@ -173,6 +182,31 @@ def test_unregister_forgets_the_type(registry: EventRegistry) -> None:
     registry.register(define_event("Temporary"))
     registry.unregister("Temporary")
     assert registry.get_or_none("Temporary") is None
+
+
+def test_unregister_says_whether_it_removed_a_type(registry: EventRegistry) -> None:
+    registry.register(define_event("Temporary"))
+    assert registry.unregister("Temporary") is True
+    assert registry.unregister("Temporary") is False
+
+
+def test_an_empty_registry_is_truthy_and_its_length_counts_the_types() -> None:
+    registry = EventRegistry()
+    assert bool(registry) is True
+    assert len(registry) == 0
+    registry.register(define_event("Counted"))
+    assert len(registry) == 1
+
+
+def test_an_empty_registry_given_to_the_redis_bus_is_the_one_it_decodes_with() -> None:
+    empty = EventRegistry()
+    assert RedisEventBus(event_registry=empty).registry is empty
+
+
+def test_an_empty_registry_given_to_the_outbox_relay_is_the_one_it_decodes_with() -> None:
+    empty = EventRegistry()
+    relay = OutboxRelay(InMemoryEventBus(), InMemoryOutboxRepository(), registry=empty)
+    assert relay.registry is empty
 
 
 def test_concurrent_registration_and_lookup_lose_nothing(registry: EventRegistry) -> None:
@@ -273,8 +307,30 @@ def test_a_missing_link_in_the_chain_is_an_upcast_error(registry: EventRegistry)
     def split_name(data: dict[str, Any]) -> dict[str, Any]:
         return data
 
-    with pytest.raises(UpcastError, match="from version 2"):
+    with pytest.raises(UpcastError, match="from version 2") as excinfo:
         registry.deserialize(stored_v1())
+    assert excinfo.value.event_type == "PersonRegistered"
+
+
+def test_a_failing_upcaster_names_the_event_type(registry: EventRegistry) -> None:
+    register_three_versions(registry)
+
+    @upcaster("PersonRegistered", from_version=1, registry=registry)
+    def broken(data: dict[str, Any]) -> dict[str, Any]:
+        raise KeyError("first")
+
+    with pytest.raises(UpcastError) as excinfo:
+        registry.deserialize(stored_v1())
+    assert excinfo.value.event_type == "PersonRegistered"
+
+
+def test_a_payload_that_no_longer_validates_names_its_event_type(registry: EventRegistry) -> None:
+    registry.register(define_event("Measured", value=(int, ...)))
+    data = stored_v1(event_type="Measured", aggregate_type="Thing", value="not a number")
+    del data["name"]
+    with pytest.raises(SerializationError) as excinfo:
+        registry.deserialize(data)
+    assert excinfo.value.event_type == "Measured"
 
 
 def test_find_broken_upcaster_chains_names_the_missing_versions(registry: EventRegistry) -> None:

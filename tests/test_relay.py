@@ -12,6 +12,7 @@ from uuid import UUID, uuid4
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
+from django.db.models import F
 from django.test import override_settings
 from django.utils import timezone
 
@@ -133,6 +134,50 @@ def test_rows_become_failed_after_the_last_attempt_and_retry_failed_revives_them
     assert retry_failed([row.pk]) == 1
     assert publish_outbox(once=True, bus=bus).published == 1
     assert OutboxMessage.objects.get().status == "published"
+
+
+@pytest.mark.django_db
+@override_settings(EVENTSOURCE_OUTBOX_RETRY_BACKOFF=0, EVENTSOURCE_OUTBOX_RETRY_BACKOFF_MAX=0)
+def test_a_row_is_given_up_on_after_an_hour_of_failures_not_after_a_number_of_attempts() -> None:
+    _save(account_history(deposits=0))
+    bus = RecordingBus()
+    bus.down = True
+
+    for _ in range(25):
+        publish_outbox(once=True, bus=bus)
+
+    row = OutboxMessage.objects.get()
+    assert (row.status, row.retry_count) == ("pending", 25)
+    assert row.first_failed_at is not None
+    # An hour after the first failure, moved back rather than waited for.
+    OutboxMessage.objects.update(first_failed_at=F("first_failed_at") - timedelta(hours=1))
+
+    report = publish_outbox(once=True, bus=bus)
+
+    assert (report.failed, report.retried) == (1, 0)
+    assert OutboxMessage.objects.get().status == "failed"
+
+
+@pytest.mark.django_db
+@override_settings(EVENTSOURCE_OUTBOX_RETRY_BACKOFF=0, EVENTSOURCE_OUTBOX_RETRY_BACKOFF_MAX=0)
+def test_later_events_of_an_aggregate_wait_behind_an_earlier_row_while_it_is_retried() -> None:
+    history = account_history(deposits=1)
+    _save(history)
+    bus = RecordingBus()
+    bus.down = True
+    for _ in range(12):  # more attempts than the attempt limit of earlier versions
+        publish_outbox(once=True, bus=bus)
+    # The jitter can make the first row due after the second: it still goes first.
+    head = OutboxMessage.objects.filter(event_id=history[0].event_id)
+    head.update(next_attempt_at=timezone.now() + timedelta(minutes=5))
+    _save(account_history(history[0].aggregate_id, deposits=1, start_version=3))
+    bus.down = False
+
+    assert publish_outbox(once=True, bus=bus).published == 0
+
+    head.update(next_attempt_at=None)
+    assert publish_outbox(once=True, bus=bus).published == 3
+    assert [e.aggregate_version for e in bus.published] == [1, 2, 3]
 
 
 @pytest.mark.django_db

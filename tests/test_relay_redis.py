@@ -11,6 +11,7 @@ import pytest
 from django.test import override_settings
 
 from django_eventsource import AggregateRepository, DjangoEventStore
+from django_eventsource.bus import reset_event_bus
 from django_eventsource.bus.redis import RedisEventBus, RedisEventBusConfig
 from django_eventsource.models import OutboxMessage
 from django_eventsource.outbox.relay import publish_outbox
@@ -70,3 +71,31 @@ def test_saves_succeed_while_redis_is_away_and_everything_is_delivered_once_it_i
     assert set(OutboxMessage.objects.values_list("status", flat=True)) == {"published"}
     away.close()
     back.close()
+
+
+def test_the_relay_follows_changed_redis_settings_instead_of_the_bus_it_built_first(
+    redis_url: str,
+) -> None:
+    first, second = f"test-{uuid4().hex}", f"test-{uuid4().hex}"
+    try:
+        with override_settings(
+            EVENTSOURCE_EVENT_BUS="redis",
+            EVENTSOURCE_REDIS_URL=redis_url,
+            EVENTSOURCE_REDIS_STREAM_PREFIX=first,
+        ):
+            _open_accounts(1, deposits=0)
+            assert publish_outbox(once=True).published == 1
+            with override_settings(EVENTSOURCE_REDIS_STREAM_PREFIX=second):
+                _open_accounts(1, deposits=1)
+                assert publish_outbox(once=True).published == 2
+            with override_settings(EVENTSOURCE_REDIS_URL="redis://127.0.0.1:1/0"):
+                _open_accounts(1, deposits=0)
+                report = publish_outbox(once=True)
+            assert (report.published, report.retried) == (0, 1)
+    finally:
+        reset_event_bus()
+        inspect = RedisEventBus(RedisEventBusConfig(redis_url=redis_url))
+        lengths = [inspect.client.xlen(f"{prefix}:events") for prefix in (first, second)]
+        inspect.client.delete(f"{first}:events", f"{second}:events")
+        inspect.close()
+    assert lengths == [1, 2]

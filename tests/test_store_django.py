@@ -319,8 +319,9 @@ def test_a_stored_payload_that_no_longer_validates_raises_serialization_error() 
     registry.register(AccountOpened)
     registry.register(StrictDeposit, event_type="MoneyDeposited")
 
-    with pytest.raises(SerializationError, match="currency"):
+    with pytest.raises(SerializationError, match="currency") as caught:
         list(DjangoEventStore(registry=registry).read_all())
+    assert caught.value.event_type == "MoneyDeposited"
 
 
 def test_get_events_filters_by_version_and_time_window(store: DjangoEventStore) -> None:

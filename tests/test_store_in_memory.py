@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -12,6 +13,7 @@ import pytest
 
 from django_eventsource import (
     DomainEvent,
+    EventStream,
     ExpectedVersion,
     InMemoryEventStore,
     OptimisticLockError,
@@ -541,3 +543,26 @@ def test_async_append_raises_the_same_conflict(store: InMemoryEventStore) -> Non
 
     with pytest.raises(OptimisticLockError):
         asyncio.run(conflicting_append())
+
+
+# -- value objects ------------------------------------------------------------------------
+
+
+def test_str_of_a_stored_event_locates_it_without_the_payload(store: InMemoryEventStore) -> None:
+    opened = AccountOpenedFactory(owner="Ada Lovelace")
+    deposited = MoneyDepositedFactory(
+        aggregate_id=opened.aggregate_id, aggregate_version=2, amount=Decimal("987.65")
+    )
+    append(store, [opened, deposited], ExpectedVersion.NO_STREAM)
+    first, second = store.read_all()
+    assert str(second) == (
+        f"MoneyDeposited({second.stream_id} @2, global #2, event_id={deposited.event_id})"
+    )
+    assert "Ada Lovelace" not in str(first)
+
+
+def test_an_event_stream_given_no_events_is_an_empty_list() -> None:
+    stream = EventStream(uuid4(), ACCOUNT, events=None)
+    assert stream.events == []
+    assert stream.is_empty
+    assert stream.latest_event is None

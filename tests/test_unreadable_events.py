@@ -107,6 +107,7 @@ def test_reading_a_damaged_row_raises_a_serialization_error_naming_its_position_
 
     assert f"at position {position}" in str(excinfo.value)
     assert event_id in str(excinfo.value)
+    assert excinfo.value.event_type == "MoneyDeposited"
     assert read == [before]
 
 

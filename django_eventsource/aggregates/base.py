@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 import warnings
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Any, ClassVar, Generic, Literal, TypeVar
@@ -20,6 +22,11 @@ logger = logging.getLogger("django_eventsource")
 
 E = TypeVar("E", bound=DomainEvent)
 
+# Aggregate classes already warned about ``validate_versions = False``. Weak, so classes
+# defined on the fly (tests, factories) are not kept alive by the warning bookkeeping.
+_unvalidated_warned: weakref.WeakSet[type[AggregateRoot[Any]]] = weakref.WeakSet()
+_unvalidated_warned_lock = threading.Lock()
+
 
 class AggregateRoot(Generic[TState], ABC):
     """Base class of event-sourced aggregates.
@@ -28,12 +35,20 @@ class AggregateRoot(Generic[TState], ABC):
     ``_get_initial_state()`` and evolve it in ``_apply(event)`` by assigning
     ``self._state``. Command methods validate input and call ``apply_event`` (or
     ``raise_event``) with new events; the repository saves ``uncommitted_events``.
+
+    Two aggregates are equal (and hash alike) when they have the same
+    ``aggregate_type`` and ``aggregate_id``: they are the same consistency boundary,
+    whatever version each copy was loaded at.
     """
 
     #: Name of the aggregate type; stored with every event.
     aggregate_type: ClassVar[str]
     #: Version of the state's schema; snapshots taken under another version are ignored.
     schema_version: ClassVar[int] = 1
+    #: Whether ``apply_event`` requires ``aggregate_version == version + 1``. Turn it off
+    #: only to replay histories whose versions are known to be irregular (imported or
+    #: migrated data); the class logs a warning once when it first applies an event.
+    validate_versions: ClassVar[bool] = True
 
     def __init__(self, aggregate_id: UUID) -> None:
         if not getattr(type(self), "aggregate_type", None):
@@ -74,16 +89,23 @@ class AggregateRoot(Generic[TState], ABC):
 
         The event must carry this aggregate's id and ``aggregate_version ==
         version + 1``, otherwise ``EventVersionError`` (or ``InvalidEventError`` for
-        another aggregate's event) is raised and nothing changes.
+        another aggregate's event) is raised and nothing changes. With
+        ``validate_versions = False`` any ``aggregate_version`` is accepted, and the
+        aggregate's version becomes the event's.
         """
         if event.aggregate_id != self._aggregate_id:
             raise InvalidEventError(
                 f"Event {event.event_id} belongs to aggregate {event.aggregate_id}, "
                 f"not {self._aggregate_id}"
             )
-        expected = self._version + 1
-        if event.aggregate_version != expected:
-            raise EventVersionError(self._aggregate_id, expected, event.aggregate_version)
+        if self.validate_versions:
+            expected = self._version + 1
+            if event.aggregate_version != expected:
+                raise EventVersionError(
+                    self._aggregate_id, expected, event.aggregate_version, event_id=event.event_id
+                )
+        else:
+            self._warn_unvalidated_once()
         self._apply(event)
         self._version = event.aggregate_version
         if is_new:
@@ -106,6 +128,15 @@ class AggregateRoot(Generic[TState], ABC):
     def mark_events_as_committed(self) -> None:
         """Forget the uncommitted events (called by the repository after a save)."""
         self._uncommitted.clear()
+
+    def clear_uncommitted_events(self) -> list[DomainEvent]:
+        """Forget the uncommitted events and return them, oldest first.
+
+        For code that saves or publishes the events itself. The version is not rolled
+        back: the state still includes the cleared events.
+        """
+        cleared, self._uncommitted = self._uncommitted, []
+        return cleared
 
     def get_next_version(self) -> int:
         return self._version + 1
@@ -133,8 +164,41 @@ class AggregateRoot(Generic[TState], ABC):
     def _apply(self, event: DomainEvent) -> None:
         """Evolve ``self._state`` with ``event``."""
 
+    # -- identity -----------------------------------------------------------------------
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, AggregateRoot):
+            return NotImplemented
+        return (self.aggregate_type, self._aggregate_id) == (
+            other.aggregate_type,
+            other._aggregate_id,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.aggregate_type, self._aggregate_id))
+
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self._aggregate_id} v{self._version}>"
+        return (
+            f"<{type(self).__name__} {self.aggregate_type}:{self._aggregate_id} "
+            f"version={self._version}>"
+        )
+
+    def _warn_unvalidated_once(self) -> None:
+        cls = type(self)
+        if cls in _unvalidated_warned:
+            return
+        # The lock makes "check, then warn" atomic, so concurrent first events of one
+        # class log a single warning.
+        with _unvalidated_warned_lock:
+            if cls in _unvalidated_warned:
+                return
+            _unvalidated_warned.add(cls)
+        logger.warning(
+            "%s has validate_versions = False: its events are applied without checking "
+            "that their aggregate_version follows the aggregate's version",
+            cls.__qualname__,
+            extra={"aggregate_type": self.aggregate_type},
+        )
 
 
 class DeclarativeAggregate(AggregateRoot[TState]):

@@ -1,6 +1,7 @@
 """Event buses: in-process and Redis Streams.
 
-``get_event_bus()`` builds the bus named by ``EVENTSOURCE_EVENT_BUS`` once per process.
+``get_event_bus()`` builds the bus named by ``EVENTSOURCE_EVENT_BUS`` once per process,
+and builds it again after a setting it was built from changes (``override_settings``).
 This module stays light: the Redis client is imported only when the Redis bus is built.
 """
 
@@ -8,9 +9,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
 from ..conf import conf
@@ -21,6 +24,10 @@ if TYPE_CHECKING:
 
 #: Short names accepted by ``EVENTSOURCE_EVENT_BUS`` besides a dotted path.
 BUS_NAMES = ("memory", "redis")
+
+#: The settings the built-in buses are built from (``EVENTSOURCE_REDIS_*`` as a prefix):
+#: when one of them changes, the process-wide bus is built again on next use.
+BUS_SETTINGS = ("EVENTSOURCE_EVENT_BUS", "EVENTSOURCE_EVENT_HANDLERS", "EVENTSOURCE_REDIS_")
 
 _lock = threading.Lock()
 _bus: EventBus | None = None
@@ -97,7 +104,9 @@ def build_redis_bus(
 def get_event_bus() -> EventBus | None:
     """The process-wide bus named by ``EVENTSOURCE_EVENT_BUS`` (built on first use).
 
-    The bus is rebuilt when the setting changes (``override_settings`` in tests);
+    The bus is shut down and rebuilt on next use when ``EVENTSOURCE_EVENT_BUS``,
+    ``EVENTSOURCE_EVENT_HANDLERS`` or any ``EVENTSOURCE_REDIS_*`` setting changes
+    (``override_settings``, through Django's ``setting_changed`` signal);
     ``reset_event_bus()`` drops it explicitly.
     """
     global _bus, _bus_setting, _built
@@ -124,4 +133,20 @@ def _shutdown(bus: EventBus | None) -> None:
         bus.shutdown(timeout=5.0)
 
 
-__all__ = ["BUS_NAMES", "build_event_bus", "build_redis_bus", "get_event_bus", "reset_event_bus"]
+@receiver(setting_changed)
+def _rebuild_after_bus_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    # Without this, a relay under override_settings(EVENTSOURCE_REDIS_URL=...) would keep
+    # publishing to the server the bus was first built for. A dotted-path factory may
+    # read other settings too; reset_event_bus() covers those.
+    if setting.startswith(BUS_SETTINGS):
+        reset_event_bus()
+
+
+__all__ = [
+    "BUS_NAMES",
+    "BUS_SETTINGS",
+    "build_event_bus",
+    "build_redis_bus",
+    "get_event_bus",
+    "reset_event_bus",
+]

@@ -7,20 +7,23 @@ outbox.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import logging
 import queue
 import threading
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeGuard
-
-from asgiref.sync import iscoroutinefunction, sync_to_async
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from ..events.base import DomainEvent
 from ..exceptions import EventBusError
-from .interface import EventBus, HandlerLike, event_type_key, handler_function
+from ._dispatch import (
+    CoroutineRunner,
+    Subscription,
+    adeliver,
+    deliver,
+    in_running_loop,
+    subscription,
+)
+from .interface import EventBus, HandlerLike, event_type_key
 
 logger = logging.getLogger("django_eventsource")
 
@@ -33,76 +36,23 @@ class InMemoryEventBusStats:
     ones included), ``handlers_invoked`` every handler call (failed ones included),
     ``handler_errors`` the calls that raised, and ``background_pending`` the events
     handed to the background worker and not yet delivered.
+
+    Each ``publish(..., background=True)`` call with events is one background task:
+    ``background_tasks_created`` counts them as they are queued, and each ends as
+    exactly one of ``background_tasks_completed`` (every handler call succeeded),
+    ``background_tasks_failed`` (delivered, but at least one handler raised; those
+    errors are in ``handler_errors``) or ``background_tasks_dropped`` (still queued when
+    ``shutdown`` ran out of time, so never delivered).
     """
 
     events_published: int = 0
     handlers_invoked: int = 0
     handler_errors: int = 0
     background_pending: int = 0
-
-
-@dataclass(frozen=True, eq=False)
-class _Subscription:
-    """A handler as subscribed, with its callable resolved once."""
-
-    handler: HandlerLike
-    func: Callable[[DomainEvent], Any]
-    name: str
-    is_async: bool
-
-
-def _handler_name(handler: object) -> str:
-    if inspect.isfunction(handler) or inspect.ismethod(handler):
-        return f"{handler.__module__}.{handler.__qualname__}"
-    cls = type(handler)
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _subscription(handler: HandlerLike) -> _Subscription:
-    func = handler_function(handler)
-    # A callable instance is async when its class's ``__call__`` is.
-    is_async = iscoroutinefunction(func) or (
-        not inspect.isroutine(func) and iscoroutinefunction(type(func).__call__)
-    )
-    return _Subscription(handler, func, _handler_name(handler), is_async)
-
-
-def _is_awaitable(value: object) -> TypeGuard[Awaitable[Any]]:
-    return inspect.isawaitable(value)
-
-
-async def _await(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
-
-
-# Not _runtime.call_handler: that pays for a new loop and thread per call; this reuses one.
-class _CoroutineRunner:
-    """Runs coroutines to completion on a private loop, created on first use.
-
-    Sync publishes with no async handler never pay for an event loop.
-    """
-
-    def __init__(self) -> None:
-        self._runner: asyncio.Runner | None = None
-
-    def run(self, awaitable: Awaitable[Any]) -> Any:
-        if self._runner is None:
-            self._runner = asyncio.Runner()
-        coroutine = awaitable if inspect.iscoroutine(awaitable) else _await(awaitable)
-        return self._runner.run(coroutine)
-
-    def close(self) -> None:
-        if self._runner is not None:
-            self._runner.close()
-            self._runner = None
-
-
-def _in_running_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
+    background_tasks_created: int = 0
+    background_tasks_completed: int = 0
+    background_tasks_failed: int = 0
+    background_tasks_dropped: int = 0
 
 
 class InMemoryEventBus(EventBus):
@@ -110,9 +60,13 @@ class InMemoryEventBus(EventBus):
 
     Handlers are plain functions or objects with a ``handle(event)`` method, either of
     which may be ``async def``. For each event, the handlers subscribed to its
-    ``event_type`` run first, in subscription order, then the wildcard handlers; events
-    are delivered in the order given. Subscribing by class uses the class's stored type
-    name, so two classes are never confused even when one subclasses the other.
+    ``event_type`` are taken first, in subscription order, then the wildcard handlers.
+    Sync handlers run one after another in that order; the async handlers of an event
+    run concurrently (started in that order), so a slow one does not hold up the others.
+    Events are delivered in the order given, and every handler of one event has
+    finished before the next event is delivered, so per-aggregate order holds. Subscribing
+    by class uses the class's stored type name, so two classes are never confused even
+    when one subclasses the other.
 
     A handler that raises does not stop the others: the error is logged on the
     ``django_eventsource`` logger (with the event id and the handler's name) and counted
@@ -120,17 +74,19 @@ class InMemoryEventBus(EventBus):
     delivers to the subscriptions as they stood when it started.
 
     **Async handlers.** ``apublish`` awaits async handlers on the caller's event loop and
-    runs sync handlers in a worker thread (``sync_to_async``), so sync handlers may use
-    the ORM. The sync ``publish`` runs async handlers to completion on a private event
-    loop. Called from a thread that is already running an event loop (an async view
-    calling the sync API), ``publish`` instead delivers on a short-lived helper thread and
-    blocks until it is done, since a running loop cannot run another coroutine to
-    completion; in async code prefer ``await bus.apublish(...)``.
+    runs sync handlers in a worker thread (``sync_to_async``), alongside the async ones,
+    so sync handlers may use the ORM. The sync ``publish`` runs the sync handlers first
+    and then the async ones, together, to completion on a private event loop. Called
+    from a thread that is already running an event loop (an async view calling the sync
+    API), ``publish`` instead delivers on a short-lived helper thread and blocks until
+    it is done, since a running loop cannot run another coroutine to completion; in
+    async code prefer ``await bus.apublish(...)``.
 
     **Background mode.** ``publish(events, background=True)`` returns at once and a
-    single worker thread delivers the events, in order, one publish call after another.
-    Ordering between background and direct publishes is not defined. The worker is a
-    daemon thread: call ``shutdown()`` before the process exits to drain it.
+    single worker thread delivers the events, in order, one publish call (a background
+    task, counted in the stats) after another. Ordering between background and direct
+    publishes is not defined. The worker is a daemon thread: call ``shutdown()`` before
+    the process exits to drain it.
 
     **Shutdown.** ``shutdown(timeout)`` refuses further publishes (``EventBusError``) and
     waits up to ``timeout`` seconds for background work. Events still queued when the
@@ -150,18 +106,15 @@ class InMemoryEventBus(EventBus):
         self._lock = threading.RLock()
         # Copy-on-write: these containers are replaced, never mutated, so a publish can
         # keep a reference to them as its snapshot without holding the lock.
-        self._by_type: dict[str, tuple[_Subscription, ...]] = {}
-        self._wildcard: tuple[_Subscription, ...] = ()
+        self._by_type: dict[str, tuple[Subscription, ...]] = {}
+        self._wildcard: tuple[Subscription, ...] = ()
         self._closed = False
         # Batches for the background worker; ``None`` tells it to stop.
         self._queue: queue.SimpleQueue[list[DomainEvent] | None] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
         self._drop_pending = False
         self._stats_lock = threading.Lock()
-        self._events_published = 0
-        self._handlers_invoked = 0
-        self._handler_errors = 0
-        self._background_pending = 0
+        self._stats = InMemoryEventBusStats()
 
     # -- subscriptions ------------------------------------------------------------------
 
@@ -171,12 +124,12 @@ class InMemoryEventBus(EventBus):
         Subscribing the same handler to the same type twice has no further effect.
         """
         key = self._key(event_type)
-        subscription = _subscription(handler)
+        new = subscription(handler)
         with self._lock:
             current = self._by_type.get(key, ())
             if any(sub.handler == handler for sub in current):
                 return
-            self._by_type = {**self._by_type, key: (*current, subscription)}
+            self._by_type = {**self._by_type, key: (*current, new)}
 
     def unsubscribe(self, event_type: type[DomainEvent] | str, handler: HandlerLike) -> bool:
         """Remove ``handler`` from ``event_type``; returns whether it was subscribed."""
@@ -196,11 +149,11 @@ class InMemoryEventBus(EventBus):
 
     def subscribe_to_all_events(self, handler: HandlerLike) -> None:
         """Call ``handler`` for every published event, whatever its type."""
-        subscription = _subscription(handler)
+        new = subscription(handler)
         with self._lock:
             if any(sub.handler == handler for sub in self._wildcard):
                 return
-            self._wildcard = (*self._wildcard, subscription)
+            self._wildcard = (*self._wildcard, new)
 
     def unsubscribe_from_all_events(self, handler: HandlerLike) -> bool:
         """Remove a wildcard subscription; returns whether it existed."""
@@ -220,12 +173,18 @@ class InMemoryEventBus(EventBus):
     def get_subscriber_count(self, event_type: type[DomainEvent] | str | None = None) -> int:
         """Handlers subscribed to ``event_type``, or all subscriptions when ``None``.
 
-        Wildcard handlers are counted only in the total.
+        Wildcard handlers are counted only in the total; ``get_wildcard_subscriber_count``
+        gives them alone.
         """
         with self._lock:
             if event_type is None:
                 return sum(map(len, self._by_type.values())) + len(self._wildcard)
             return len(self._by_type.get(self._key(event_type), ()))
+
+    def get_wildcard_subscriber_count(self) -> int:
+        """Handlers subscribed to every event (``subscribe_to_all_events``)."""
+        with self._lock:
+            return len(self._wildcard)
 
     @staticmethod
     def _key(event_type: type[DomainEvent] | str) -> str:
@@ -239,7 +198,7 @@ class InMemoryEventBus(EventBus):
 
     def _snapshot(
         self,
-    ) -> tuple[dict[str, tuple[_Subscription, ...]], tuple[_Subscription, ...]]:
+    ) -> tuple[dict[str, tuple[Subscription, ...]], tuple[Subscription, ...]]:
         with self._lock:
             return self._by_type, self._wildcard
 
@@ -257,7 +216,7 @@ class InMemoryEventBus(EventBus):
             self._enqueue(events)
             return
         self._accept(events)
-        if _in_running_loop():
+        if in_running_loop():
             self._deliver_on_helper_thread(events)
         else:
             self._deliver_here(events)
@@ -265,9 +224,11 @@ class InMemoryEventBus(EventBus):
     async def apublish(self, events: Sequence[DomainEvent], background: bool = False) -> None:
         """Async twin of ``publish``.
 
-        Async handlers are awaited on the caller's loop; sync handlers run in a thread
-        through ``sync_to_async``. ``background=True`` queues the events for the worker
-        thread, exactly as ``publish`` does.
+        The async handlers of each event are awaited concurrently on the caller's loop
+        while its sync handlers run one after another in a thread through
+        ``sync_to_async``; the next event starts once all of them have finished.
+        ``background=True`` queues the events for the worker thread, exactly as
+        ``publish`` does.
         """
         events = list(events)
         if background:
@@ -276,65 +237,64 @@ class InMemoryEventBus(EventBus):
         self._accept(events)
         by_type, wildcard = self._snapshot()
         for event in events:
-            for sub in (*by_type.get(event.event_type, ()), *wildcard):
-                try:
-                    if sub.is_async:
-                        await sub.func(event)
-                    else:
-                        result = await sync_to_async(sub.func)(event)
-                        if _is_awaitable(result):
-                            await result
-                except Exception:
-                    self._handler_failed(sub, event)
-                self._count(invoked=1)
+            # Awaited before the next event starts: per-aggregate order holds.
+            await adeliver(event, (*by_type.get(event.event_type, ()), *wildcard), self._handled)
 
     def _accept(self, events: list[DomainEvent]) -> None:
         with self._lock:
             if self._closed:
                 raise EventBusError("The event bus has been shut down; it accepts no events")
-        self._count(published=len(events))
+        self._count(events_published=len(events))
 
     def _deliver_here(self, events: list[DomainEvent]) -> None:
-        runner = _CoroutineRunner()
+        runner = CoroutineRunner()
         try:
             self._deliver(events, runner)
         finally:
             runner.close()
 
-    def _deliver(self, events: list[DomainEvent], runner: _CoroutineRunner) -> None:
+    def _deliver(self, events: list[DomainEvent], runner: CoroutineRunner) -> int:
+        """Deliver ``events`` in order; returns how many handler calls raised."""
+        failures = 0
+
+        # Counted here rather than read off the shared stats, which other publishing
+        # threads move at the same time.
+        def handled(sub: Subscription, event: DomainEvent, error: Exception | None) -> None:
+            nonlocal failures
+            failures += error is not None
+            self._handled(sub, event, error)
+
         by_type, wildcard = self._snapshot()
         for event in events:
-            for sub in (*by_type.get(event.event_type, ()), *wildcard):
-                try:
-                    result = sub.func(event)
-                    if _is_awaitable(result):
-                        runner.run(result)
-                except Exception:
-                    self._handler_failed(sub, event)
-                self._count(invoked=1)
+            deliver(event, (*by_type.get(event.event_type, ()), *wildcard), runner, handled)
+        return failures
 
     def _deliver_on_helper_thread(self, events: list[DomainEvent]) -> None:
         failure: list[BaseException] = []
 
-        def deliver() -> None:
+        def run() -> None:
             try:
                 self._deliver_here(events)
             except BaseException as exc:  # re-raised in the publishing thread
                 failure.append(exc)
 
-        helper = threading.Thread(target=deliver, name="eventsource-bus-publish")
+        helper = threading.Thread(target=run, name="eventsource-bus-publish")
         helper.start()
         helper.join()
         if failure:
             raise failure[0]
 
-    def _handler_failed(self, sub: _Subscription, event: DomainEvent) -> None:
-        self._count(errors=1)
-        logger.exception(
+    def _handled(self, sub: Subscription, event: DomainEvent, error: Exception | None) -> None:
+        if error is None:
+            self._count(handlers_invoked=1)
+            return
+        self._count(handlers_invoked=1, handler_errors=1)
+        logger.error(
             "Event handler %s failed on %s event %s",
             sub.name,
             event.event_type,
             event.event_id,
+            exc_info=error,
             extra={"event_id": str(event.event_id), "handler": sub.name},
         )
 
@@ -351,18 +311,26 @@ class InMemoryEventBus(EventBus):
                     target=self._run_worker, name="eventsource-bus-worker", daemon=True
                 )
                 self._worker.start()
-            self._count(published=len(events), pending=len(events))
+            self._count(
+                events_published=len(events),
+                background_pending=len(events),
+                background_tasks_created=1,
+            )
             self._queue.put(events)
 
     def _run_worker(self) -> None:
         # One loop for the worker's lifetime: async handlers run here without paying for
         # a new event loop per publish.
-        runner = _CoroutineRunner()
+        runner = CoroutineRunner()
         try:
             while (batch := self._queue.get()) is not None:
-                if not self._drop_pending:
-                    self._deliver(batch, runner)
-                self._count(pending=-len(batch))
+                if self._drop_pending:
+                    outcome = "background_tasks_dropped"
+                elif self._deliver(batch, runner):
+                    outcome = "background_tasks_failed"
+                else:
+                    outcome = "background_tasks_completed"
+                self._count(background_pending=-len(batch), **{outcome: 1})
         finally:
             runner.close()
 
@@ -400,24 +368,28 @@ class InMemoryEventBus(EventBus):
 
     # -- stats --------------------------------------------------------------------------
 
-    def _count(
-        self, *, published: int = 0, invoked: int = 0, errors: int = 0, pending: int = 0
-    ) -> None:
+    def _count(self, **increments: int) -> None:
+        """Add to the named ``InMemoryEventBusStats`` counters."""
         with self._stats_lock:
-            self._events_published += published
-            self._handlers_invoked += invoked
-            self._handler_errors += errors
-            self._background_pending += pending
+            stats = self._stats
+            self._stats = replace(
+                stats, **{name: getattr(stats, name) + n for name, n in increments.items()}
+            )
 
     def get_stats(self) -> InMemoryEventBusStats:
         """A consistent snapshot of the bus's counters."""
         with self._stats_lock:
-            return InMemoryEventBusStats(
-                events_published=self._events_published,
-                handlers_invoked=self._handlers_invoked,
-                handler_errors=self._handler_errors,
-                background_pending=self._background_pending,
-            )
+            return self._stats
+
+    def get_background_task_count(self) -> int:
+        """Background tasks (``publish(..., background=True)`` calls) queued or being
+        delivered: created, and not yet completed, failed or dropped."""
+        stats = self.get_stats()
+        return stats.background_tasks_created - (
+            stats.background_tasks_completed
+            + stats.background_tasks_failed
+            + stats.background_tasks_dropped
+        )
 
     @property
     def stats(self) -> InMemoryEventBusStats:

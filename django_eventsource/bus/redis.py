@@ -20,7 +20,7 @@ from asgiref.sync import sync_to_async
 
 from .. import tracing
 from ..events.base import DomainEvent
-from ..events.registry import EventRegistry, default_registry
+from ..events.registry import EventRegistry, resolve_registry
 from ..exceptions import EventBusError, RedisNotAvailableError
 from .interface import EventBus, HandlerLike, event_type_key, handler_function
 from .redis_consumer import StreamConsumer
@@ -88,7 +88,7 @@ class RedisEventBus(EventBus):
         if not REDIS_AVAILABLE:
             raise RedisNotAvailableError()
         self.config = config or RedisEventBusConfig()
-        self.registry = event_registry or default_registry
+        self.registry = resolve_registry(event_registry)
         self._client: Redis[str] | None = client
         self._lock = threading.RLock()
         self._handlers: dict[str, list[HandlerLike]] = {}

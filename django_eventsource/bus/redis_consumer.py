@@ -6,6 +6,13 @@ crashed consumer) is claimed by a consumer of the group with ``XAUTOCLAIM`` once
 been idle ``claim_idle_ms``; after ``max_retries`` deliveries it moves to the dead-letter
 stream ``<stream_prefix>:dlq`` with its error. Messages of unknown event types, or that
 no longer validate, go there at once: nothing is dropped silently.
+
+A handler that fails because the database is unavailable
+(``_runtime.is_database_outage``) has not failed: the consumer loop closes the broken
+connections, waits with backoff and runs the handlers of that message again, until the
+database answers, without counting a delivery. A single pass (``consume_once``,
+``recover_pending``) does not wait: it raises the database error and leaves the message
+pending.
 """
 
 from __future__ import annotations
@@ -18,7 +25,13 @@ from contextlib import suppress
 from typing import TYPE_CHECKING
 
 from .. import tracing
-from .._runtime import call_handler, full_jitter_delay
+from .._runtime import (
+    call_handler,
+    close_broken_connections,
+    close_stale_connections,
+    full_jitter_delay,
+    is_database_outage,
+)
 from ..events.registry import EventRegistry
 from ..exceptions import EventBusError
 from .interface import HandlerLike, handler_function
@@ -76,8 +89,14 @@ class StreamConsumer:
         handled = self.recover_pending(count)
         return handled + self.read_new(count, block_ms)
 
-    def read_new(self, count: int | None, block_ms: int | None) -> int:
-        """Read messages never delivered to the group and process them."""
+    def read_new(
+        self, count: int | None, block_ms: int | None, stop: threading.Event | None = None
+    ) -> int:
+        """Read messages never delivered to the group and process them.
+
+        With ``stop`` (the consumer loop), a database outage is waited out until the
+        database is back or ``stop`` is set; without, its error is raised.
+        """
         cfg = self.config
         self.ensure_group()
         try:
@@ -99,9 +118,9 @@ class StreamConsumer:
             for message_id, entry_fields in entries
             if entry_fields is not None
         ]
-        return self._process(messages)
+        return self._process(messages, stop)
 
-    def recover_pending(self, count: int | None = None) -> int:
+    def recover_pending(self, count: int | None = None, stop: threading.Event | None = None) -> int:
         cfg = self.config
         self.ensure_group()
         handled = 0
@@ -123,7 +142,7 @@ class StreamConsumer:
                 self._stats.add(messages_recovered=len(claimed))
                 deliveries = self._delivery_counts([mid for mid, _ in claimed])
                 handled += self._process(
-                    [StreamMessage(mid, f, deliveries.get(mid, 1)) for mid, f in claimed]
+                    [StreamMessage(mid, f, deliveries.get(mid, 1)) for mid, f in claimed], stop
                 )
             # XAUTOCLAIM scans a bounded slice of the pending list per call; the cursor
             # returns to 0-0 once the whole list has been looked at.
@@ -143,60 +162,146 @@ class StreamConsumer:
             for p in result
         }
 
-    def _process(self, messages: list[StreamMessage]) -> int:
+    def _process(self, messages: list[StreamMessage], stop: threading.Event | None = None) -> int:
         if not messages:
             return 0
         self._stats.add(messages_received=len(messages))
         cfg = self.config
         acked: list[str] = []
         handled = 0
-        for message in messages:
-            data = message.data()
-            attributes = {
-                "event_type": message.fields.get("event_type"),
-                "event_id": message.fields.get("event_id"),
-                "message_id": message.message_id,
-                "deliveries": message.deliveries,
-                "consumer_group": cfg.consumer_group,
-            }
-            metadata = data.get("metadata") if isinstance(data, dict) else None
-            # The span joins the trace of the code that saved the event.
-            with tracing.span(
-                "eventsource.redis.consume",
-                attributes,
-                parent=metadata if isinstance(metadata, dict) else None,
-            ) as current:
-                error = self._handle(message, data)
-                if error is not None:
-                    tracing.record_exception(current, error)
-            if error is None:
-                acked.append(message.message_id)
-            elif isinstance(error, _Poison) or message.deliveries >= cfg.max_retries:
-                self._dead_letter(message, _describe(error))
-                handled += 1
-            else:
-                logger.warning(
-                    "Event %s (message %s) failed on delivery %d of %d; it will be retried: %s",
-                    message.fields.get("event_id"),
-                    message.message_id,
-                    message.deliveries,
-                    cfg.max_retries,
-                    _describe(error),
-                    exc_info=error,
-                    extra={
-                        "event_id": message.fields.get("event_id"),
-                        "event_type": message.fields.get("event_type"),
-                        "message_id": message.message_id,
-                        "deliveries": message.deliveries,
-                        "consumer": cfg.consumer_name,
-                    },
-                )
-        if acked:
+        try:
+            for index, message in enumerate(messages):
+                error = self._attempt(message)
+                if isinstance(error, _DatabaseUnavailable):
+                    # What is done is acknowledged before waiting, so that nobody
+                    # claims it again meanwhile.
+                    handled += self._acknowledge(acked)
+                    acked = []
+                    waiting = [m.message_id for m in messages[index:]]
+                    error = self._wait_out_outage(message, error, waiting, stop)
+                if error is None:
+                    acked.append(message.message_id)
+                elif isinstance(error, _Poison) or message.deliveries >= cfg.max_retries:
+                    self._dead_letter(message, _describe(error))
+                    handled += 1
+                else:
+                    logger.warning(
+                        "Event %s (message %s) failed on delivery %d of %d; it will be retried: %s",
+                        message.fields.get("event_id"),
+                        message.message_id,
+                        message.deliveries,
+                        cfg.max_retries,
+                        _describe(error),
+                        exc_info=error,
+                        extra={
+                            "event_id": message.fields.get("event_id"),
+                            "event_type": message.fields.get("event_type"),
+                            "message_id": message.message_id,
+                            "deliveries": message.deliveries,
+                            "consumer": cfg.consumer_name,
+                        },
+                    )
+        finally:
+            # Also when a single pass stops at a database outage: the messages handled
+            # before it are done.
+            handled += self._acknowledge(acked)
+        return handled
+
+    def _acknowledge(self, message_ids: list[str]) -> int:
+        if message_ids:
             self._client().xack(  # type: ignore[no-untyped-call]
-                cfg.stream_name, cfg.consumer_group, *acked
+                self.config.stream_name, self.config.consumer_group, *message_ids
             )
-            self._stats.add(messages_acknowledged=len(acked))
-        return handled + len(acked)
+            self._stats.add(messages_acknowledged=len(message_ids))
+        return len(message_ids)
+
+    def _attempt(self, message: StreamMessage) -> BaseException | None:
+        """Run the handlers of ``message`` once, in a span; the error that stopped them."""
+        data = message.data()
+        attributes = {
+            "event_type": message.fields.get("event_type"),
+            "event_id": message.fields.get("event_id"),
+            "message_id": message.message_id,
+            "deliveries": message.deliveries,
+            "consumer_group": self.config.consumer_group,
+        }
+        metadata = data.get("metadata") if isinstance(data, dict) else None
+        # The span joins the trace of the code that saved the event.
+        with tracing.span(
+            "eventsource.redis.consume",
+            attributes,
+            parent=metadata if isinstance(metadata, dict) else None,
+        ) as current:
+            error = self._handle(message, data)
+            if error is not None:
+                tracing.record_exception(current, error)
+        return error
+
+    def _wait_out_outage(
+        self,
+        message: StreamMessage,
+        outage: _DatabaseUnavailable,
+        waiting: list[str],
+        stop: threading.Event | None,
+    ) -> BaseException | None:
+        """Run the handlers of ``message`` again until the database is back.
+
+        Returns the outcome of the first attempt that was not cut short by the outage.
+        ``waiting`` (this message and the rest of its batch) stays claimed by this
+        consumer meanwhile, without counting a delivery. Raises the database error when
+        there is no ``stop`` event (a single pass), and ``_Stopped`` once it is set.
+        """
+        cfg = self.config
+        outages = 0
+        error: BaseException | None = outage
+        while isinstance(error, _DatabaseUnavailable):
+            self._stats.add(database_retries=1)
+            close_broken_connections()
+            if stop is None:
+                raise error.error
+            outages += 1
+            # Capped so that the claim is renewed before it looks abandoned.
+            delay = min(
+                full_jitter_delay(outages, cfg.reconnect_backoff, cfg.reconnect_backoff_max),
+                cfg.claim_idle_ms / 2000,
+            )
+            logger.warning(
+                "Database unavailable while handling event %s (message %s): %s; "
+                "retrying in %.1fs, not counted as a delivery",
+                message.fields.get("event_id"),
+                message.message_id,
+                _describe(error.error),
+                delay,
+                extra={
+                    "event_id": message.fields.get("event_id"),
+                    "message_id": message.message_id,
+                    "attempt": outages,
+                    "consumer": cfg.consumer_name,
+                },
+            )
+            self._keep_claimed(waiting)
+            if stop.wait(delay):
+                raise _Stopped
+            error = self._attempt(message)
+        return error
+
+    def _keep_claimed(self, message_ids: list[str]) -> None:
+        """Reset the idle time of messages this consumer holds; ``JUSTID`` claims do not
+        count a delivery."""
+        cfg = self.config
+        try:
+            self._client().xclaim(  # type: ignore[no-untyped-call]
+                cfg.stream_name,
+                cfg.consumer_group,
+                cfg.consumer_name,
+                0,
+                message_ids,
+                justid=True,
+            )
+        except (RedisConnectionError, RedisTimeoutError):
+            # Redis is away too: the messages may be claimed again later, which only
+            # costs a delivery.
+            logger.debug("Could not renew the claim on %d messages", len(message_ids))
 
     def _handle(self, message: StreamMessage, data: object) -> BaseException | None:
         """Run every handler of one message; the error that stopped it, or None."""
@@ -218,6 +323,8 @@ class StreamConsumer:
             try:
                 call_handler(handler_function(handler), event)
             except Exception as exc:  # the message stays pending
+                if is_database_outage(exc):
+                    return _DatabaseUnavailable(exc)
                 self._stats.add(handler_errors=1)
                 return exc
         return None
@@ -263,7 +370,7 @@ class StreamConsumer:
         ]
 
     def run(self, stop: threading.Event) -> None:
-        """The consumer loop: until ``stop`` is set, through Redis outages."""
+        """The consumer loop: until ``stop`` is set, through Redis and database outages."""
         cfg = self.config
         recovery_every = min(max(cfg.claim_idle_ms / 2000, 0.05), 30.0)
         failures = 0
@@ -271,9 +378,16 @@ class StreamConsumer:
             try:
                 if time.monotonic() - self._last_recovery >= recovery_every:
                     self._last_recovery = time.monotonic()
-                    self.recover_pending()
-                self.read_new(cfg.batch_size, cfg.block_ms)
+                    self.recover_pending(stop=stop)
+                handled = self.read_new(cfg.batch_size, cfg.block_ms, stop)
                 failures = 0
+                if handled < cfg.batch_size:
+                    # As the projection runner does between polls; not between the
+                    # batches of a backlog, where CONN_MAX_AGE = 0 would mean a new
+                    # connection per batch.
+                    close_stale_connections()
+            except _Stopped:
+                return
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 failures += 1
                 self._group_ready = False
@@ -298,6 +412,18 @@ def _describe(error: BaseException) -> str:
 
 class _Poison(EventBusError):
     """A message that no retry can fix (unknown type, undecodable, too many deliveries)."""
+
+
+class _DatabaseUnavailable(Exception):
+    """A handler failed because the database is unavailable: not the handler's failure."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Stopped(Exception):
+    """The consumer loop was asked to stop while it waited for the database."""
 
 
 __all__ = ["StreamConsumer"]

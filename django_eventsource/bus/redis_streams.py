@@ -127,7 +127,8 @@ class RedisEventBusStats:
     ``events_published`` counts events Redis has stored. ``background_pending`` is the
     number of events handed to ``publish(..., background=True)`` and not sent yet;
     ``background_dropped`` those that never reached Redis (it refused them, or
-    ``shutdown`` ran out of time first).
+    ``shutdown`` ran out of time first). ``database_retries`` counts handler runs cut
+    short by a database outage and run again (they are not ``handler_errors``).
     """
 
     events_published: int = 0
@@ -139,6 +140,7 @@ class RedisEventBusStats:
     reconnections: int = 0
     background_pending: int = 0
     background_dropped: int = 0
+    database_retries: int = 0
 
 
 class StatsCounter:

@@ -224,8 +224,12 @@ class DomainEvent(BaseModel):
         return hash((type(self), self.event_id))
 
     def __str__(self) -> str:
-        stream = f"{self.aggregate_type}:{self.aggregate_id}"
-        return f"{self.event_type}({stream} v{self.aggregate_version})"
+        # Short enough for a log line or an assertion message: the ids that find the
+        # event, never the payload (which may be large or personal).
+        return (
+            f"{self.event_type}({self.aggregate_type}:{self.aggregate_id} "
+            f"v{self.aggregate_version}, event_id={self.event_id})"
+        )
 
 
 DomainEvent._set_event_type_default(DomainEvent.__name__)

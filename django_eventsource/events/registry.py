@@ -71,12 +71,16 @@ class EventRegistry:
             self._types[name] = event_class
         return event_class
 
-    def unregister(self, event_type: str) -> None:
-        """Remove a type (and its upcasters); unknown names are ignored."""
+    def unregister(self, event_type: str) -> bool:
+        """Remove a type and its upcasters; return whether the type was registered.
+
+        An unknown name is not an error (``False``), so tests can clean up freely.
+        """
         with self._lock:
-            self._types.pop(event_type, None)
+            removed = self._types.pop(event_type, None) is not None
             for key in [k for k in self._upcasters if k[0] == event_type]:
                 del self._upcasters[key]
+        return removed
 
     def clear(self) -> None:
         """Remove every registered type and upcaster."""
@@ -112,7 +116,13 @@ class EventRegistry:
         return sorted(self._types.items())
 
     def __len__(self) -> int:
+        """The number of registered type names (aliases count once each)."""
         return len(self._types)
+
+    def __bool__(self) -> bool:
+        # Without this, ``__len__`` makes an empty registry falsy, and
+        # ``registry or default_registry`` would silently swap in the default one.
+        return True
 
     # -- upcasting ----------------------------------------------------------------------
 
@@ -127,7 +137,8 @@ class EventRegistry:
                 if getattr(existing, "__qualname__", None) != getattr(func, "__qualname__", ""):
                     raise UpcastError(
                         f"An upcaster for {event_type!r} from version {from_version} "
-                        "is already registered"
+                        "is already registered",
+                        event_type=event_type,
                     )
             self._upcasters[key] = func
 
@@ -150,7 +161,8 @@ class EventRegistry:
             if func is None:
                 raise UpcastError(
                     f"No upcaster registered for {event_type!r} from version {version} "
-                    f"(current version is {target})"
+                    f"(current version is {target})",
+                    event_type=event_type,
                 )
             data = dict(func(dict(data)))
             version += 1
@@ -170,7 +182,8 @@ class EventRegistry:
         except ValidationError as exc:
             raise SerializationError(
                 f"Stored event {data.get('event_id')} of type {event_type!r} no longer "
-                f"validates as {event_class.__qualname__}: {exc}"
+                f"validates as {event_class.__qualname__}: {exc}",
+                event_type=event_type,
             ) from exc
 
 
@@ -181,8 +194,8 @@ default_registry = EventRegistry()
 def resolve_registry(registry: EventRegistry | None) -> EventRegistry:
     """``registry``, or the default one when it is ``None``.
 
-    Compare with ``None`` rather than ``registry or default_registry``: an empty
-    registry is falsy (it has ``__len__``) and must still be used when passed.
+    Compare with ``None``, never ``registry or default_registry``: a registry that is
+    passed must be used whatever its truth value.
     """
     return default_registry if registry is None else registry
 

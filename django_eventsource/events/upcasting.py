@@ -46,12 +46,14 @@ def upcaster(
             except Exception as exc:
                 raise UpcastError(
                     f"Upcaster {func.__qualname__} failed on {event_type!r} event "
-                    f"{data.get('event_id')} (version {from_version}): {exc!r}"
+                    f"{data.get('event_id')} (version {from_version}): {exc!r}",
+                    event_type=event_type,
                 ) from exc
             if not isinstance(result, dict):
                 raise UpcastError(
                     f"Upcaster {func.__qualname__} of {event_type!r} from version "
-                    f"{from_version} returned {type(result).__name__}, not a dict"
+                    f"{from_version} returned {type(result).__name__}, not a dict",
+                    event_type=event_type,
                 )
             return result
 

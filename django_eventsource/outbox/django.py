@@ -25,7 +25,7 @@ from ..events.serialization import StoredEventData
 from ..models import OutboxMessage, OutboxMessageQuerySet
 from ..stores.sql import as_utc_datetime, fast_read_cursor
 from .repository import OutboxRepository
-from .rows import OutboxEntry, OutboxFailure, OutboxStats, outbox_row_values
+from .rows import OutboxEntry, OutboxFailure, OutboxStats, gives_up, outbox_row_values
 
 #: Columns read into an ``OutboxEntry``, in its field order.
 _ENTRY_FIELDS = (
@@ -45,6 +45,7 @@ _ENTRY_FIELDS = (
     "next_attempt_at",
     "claimed_by",
     "claimed_at",
+    "first_failed_at",
 )
 
 #: Columns a failed attempt changes.
@@ -53,6 +54,7 @@ _FAILURE_FIELDS = [
     "last_error",
     "status",
     "next_attempt_at",
+    "first_failed_at",
     "claimed_by",
     "claimed_at",
 ]
@@ -63,7 +65,7 @@ _PENDING_ID_INDEX = "es_outbox_pending_id_idx"
 _ENTRY_UUIDS = [_ENTRY_FIELDS.index(name) for name in ("event_id", "aggregate_id", "tenant_id")]
 _ENTRY_DATETIMES = [
     _ENTRY_FIELDS.index(name)
-    for name in ("created_at", "published_at", "next_attempt_at", "claimed_at")
+    for name in ("created_at", "published_at", "next_attempt_at", "claimed_at", "first_failed_at")
 ]
 _ENTRY_DATA = _ENTRY_FIELDS.index("event_data")
 _ENTRY_EVENT_ID = _ENTRY_FIELDS.index("event_id")
@@ -184,6 +186,7 @@ class DjangoOutboxRepository(OutboxRepository):
             published_count=figures["published"],
             failed_count=figures["failed"],
             oldest_pending=figures["oldest_pending"],
+            avg_retries=float(figures["avg_retries"] or 0.0),
         )
 
     def claim_due(
@@ -344,33 +347,51 @@ class DjangoOutboxRepository(OutboxRepository):
                 ids, claimer, limit, now=now, claim_timeout=claim_timeout, exclude_ids=exclude_ids
             )
 
-    def record_failures(self, failures: Sequence[OutboxFailure], *, max_attempts: int) -> int:
+    def record_failures(
+        self,
+        failures: Sequence[OutboxFailure],
+        *,
+        now: datetime | None = None,
+        give_up_after: float | None = None,
+        max_attempts: int | None = None,
+    ) -> int:
         if not failures:
             return 0
+        failed_at = now or timezone.now()
         status = OutboxMessage.Status
         given_up = 0
         with transaction.atomic(using=self.using):
-            counts = dict(
-                self._rows()
+            rows = {
+                outbox_id: (retry_count, first_failed_at)
+                for outbox_id, retry_count, first_failed_at in self._rows()
                 .pending()
                 .filter(id__in=[f.id for f in failures])
                 .select_for_update()
-                .values_list("id", "retry_count")
-            )
+                .values_list("id", "retry_count", "first_failed_at")
+            }
             updates = []
             for failure in failures:
-                if failure.id not in counts:
+                if failure.id not in rows:
                     continue
-                attempts = counts[failure.id] + 1
-                gives_up = attempts >= max_attempts
-                given_up += gives_up
+                retry_count, first_failed_at = rows[failure.id]
+                attempts = retry_count + 1
+                first_failed_at = first_failed_at or failed_at
+                giving_up = gives_up(
+                    first_failed_at,
+                    attempts,
+                    failed_at,
+                    give_up_after=give_up_after,
+                    max_attempts=max_attempts,
+                )
+                given_up += giving_up
                 updates.append(
                     OutboxMessage(
                         pk=failure.id,
                         retry_count=attempts,
                         last_error=failure.error,
-                        status=status.FAILED if gives_up else status.PENDING,
-                        next_attempt_at=None if gives_up else failure.next_attempt_at,
+                        status=status.FAILED if giving_up else status.PENDING,
+                        next_attempt_at=None if giving_up else failure.next_attempt_at,
+                        first_failed_at=first_failed_at,
                         claimed_by="",
                         claimed_at=None,
                     )

@@ -7,8 +7,9 @@ and the Celery task of the same name. Each batch goes through three short steps:
    PostgreSQL), so several relays share the work instead of duplicating it;
 2. publish them to the bus outside any transaction;
 3. mark them published (or count a failed attempt with exponential backoff and full
-   jitter; after ``EVENTSOURCE_OUTBOX_MAX_ATTEMPTS`` the row becomes ``failed``, stays
-   visible and can be put back with ``retry_failed``).
+   jitter; the first failed attempt that comes ``EVENTSOURCE_OUTBOX_GIVE_UP_AFTER``
+   seconds or more after a row's first one makes the row ``failed``: it stays visible
+   and can be put back with ``retry_failed``).
 
 After a full batch the relay marks it published and claims the next one in the same
 transaction (one commit instead of two); a relay that stops gives that claim back. With a
@@ -40,11 +41,11 @@ from ..bus import get_event_bus
 from ..bus.interface import EventBus
 from ..conf import conf
 from ..events.base import DomainEvent
-from ..events.registry import EventRegistry, default_registry
+from ..events.registry import EventRegistry, resolve_registry
 from ..events.serialization import StoredEventData
 from ..exceptions import EventBusError
 from .repository import OutboxRepository
-from .rows import OutboxEntry, OutboxFailure
+from .rows import OutboxEntry, OutboxFailure, gives_up
 
 # The logger keeps the name it had before the relay moved into ``outbox``: operators
 # configure and filter logging by it (docs/observability.md).
@@ -135,7 +136,7 @@ class OutboxRelay:
         self.bus = bus
         self.repository = repository or _default_repository()
         self.batch_size = batch_size or conf.OUTBOX_BATCH_SIZE
-        self.registry = registry or default_registry
+        self.registry = resolve_registry(registry)
         self.name = name or worker_id()
         self.overlap = isinstance(bus, SerializedEventPublisher) if overlap is None else overlap
         #: The next batch, claimed together with marking the previous one published.
@@ -197,10 +198,15 @@ class OutboxRelay:
         if held:
             self.repository.release([entry.id for entry in held])
         if failures:
-            max_attempts = conf.OUTBOX_MAX_ATTEMPTS
-            report.failed = self.repository.record_failures(failures, max_attempts=max_attempts)
+            now = timezone.now()
+            give_up_after, max_attempts = conf.OUTBOX_GIVE_UP_AFTER, conf.OUTBOX_MAX_ATTEMPTS
+            report.failed = self.repository.record_failures(
+                failures, now=now, give_up_after=give_up_after, max_attempts=max_attempts
+            )
             report.retried = len(failures) - report.failed
-            self._log_failures(entries, failures, max_attempts)
+            self._log_failures(
+                entries, failures, now, give_up_after=give_up_after, max_attempts=max_attempts
+            )
             if exclude_ids is not None:
                 exclude_ids.update(f.id for f in failures)
         return report, len(entries)
@@ -268,13 +274,20 @@ class OutboxRelay:
         return marked
 
     def _log_failures(
-        self, entries: list[OutboxEntry], failures: list[OutboxFailure], max_attempts: int
+        self,
+        entries: list[OutboxEntry],
+        failures: list[OutboxFailure],
+        now: datetime,
+        *,
+        give_up_after: float | None,
+        max_attempts: int | None,
     ) -> None:
         """One line per failed row: WARNING while it will be retried, ERROR once failed."""
         by_id = {entry.id: entry for entry in entries}
         for failure in failures:
             entry = by_id[failure.id]
             attempt = entry.retry_count + 1
+            first_failed_at = entry.first_failed_at or now
             extra = {
                 "relay": self.name,
                 "outbox_id": entry.id,
@@ -282,8 +295,16 @@ class OutboxRelay:
                 "event_type": entry.event_type,
                 "attempt": attempt,
             }
-            if attempt >= max_attempts:
-                level, outcome = logging.ERROR, f"marked failed after {attempt} attempts"
+            if gives_up(
+                first_failed_at,
+                attempt,
+                now,
+                give_up_after=give_up_after,
+                max_attempts=max_attempts,
+            ):
+                failing_for = (now - first_failed_at).total_seconds()
+                level = logging.ERROR
+                outcome = f"marked failed after {attempt} attempts in {failing_for:.0f}s"
             else:
                 retry_at = failure.next_attempt_at.isoformat(timespec="seconds")
                 level = logging.WARNING

@@ -35,6 +35,7 @@ from .rows import (
     OutboxEntry,
     OutboxFailure,
     OutboxStats,
+    gives_up,
     outbox_row_values,
 )
 
@@ -76,7 +77,8 @@ class OutboxRepository(ABC):
 
     @abstractmethod
     def get_stats(self) -> OutboxStats:
-        """Counts by status and the oldest pending row's creation time."""
+        """Counts by status, the oldest pending row's creation time and the mean
+        ``retry_count`` of the pending rows (``OutboxStats``)."""
 
     # -- relay support ----------------------------------------------------------------
 
@@ -124,9 +126,21 @@ class OutboxRepository(ABC):
         return marked, claimed
 
     @abstractmethod
-    def record_failures(self, failures: Sequence[OutboxFailure], *, max_attempts: int) -> int:
-        """Count one failed attempt per row and release it; rows reaching
-        ``max_attempts`` become ``failed``. Returns how many became ``failed``."""
+    def record_failures(
+        self,
+        failures: Sequence[OutboxFailure],
+        *,
+        now: datetime | None = None,
+        give_up_after: float | None = None,
+        max_attempts: int | None = None,
+    ) -> int:
+        """Count one failed attempt per row, made at ``now``, and release the row.
+
+        A row's first failed attempt sets its ``first_failed_at``. The row becomes
+        ``failed`` when ``give_up_after`` seconds have passed since then, or it has
+        failed ``max_attempts`` times (``rows.gives_up``; ``None`` disables either
+        limit). Returns how many became ``failed``.
+        """
 
     @abstractmethod
     def release(self, ids: Sequence[int]) -> None:
@@ -212,7 +226,12 @@ class InMemoryOutboxRepository(OutboxRepository):
         with self._lock:
             entry = self._entries.get(outbox_id)
             if entry is not None:
-                self._update(outbox_id, retry_count=entry.retry_count + 1, last_error=error)
+                self._update(
+                    outbox_id,
+                    retry_count=entry.retry_count + 1,
+                    last_error=error,
+                    first_failed_at=entry.first_failed_at or timezone.now(),
+                )
 
     def cleanup_published(self, days: int = 7) -> int:
         cutoff = timezone.now() - timedelta(days=days)
@@ -235,6 +254,7 @@ class InMemoryOutboxRepository(OutboxRepository):
             published_count=sum(e.status == PUBLISHED for e in entries),
             failed_count=sum(e.status == FAILED for e in entries),
             oldest_pending=min((e.created_at for e in pending), default=None),
+            avg_retries=sum(e.retry_count for e in pending) / len(pending) if pending else 0.0,
         )
 
     def claim_due(
@@ -285,7 +305,15 @@ class InMemoryOutboxRepository(OutboxRepository):
                     )
         return count
 
-    def record_failures(self, failures: Sequence[OutboxFailure], *, max_attempts: int) -> int:
+    def record_failures(
+        self,
+        failures: Sequence[OutboxFailure],
+        *,
+        now: datetime | None = None,
+        give_up_after: float | None = None,
+        max_attempts: int | None = None,
+    ) -> int:
+        failed_at = now or timezone.now()
         given_up = 0
         with self._lock:
             for failure in failures:
@@ -293,14 +321,22 @@ class InMemoryOutboxRepository(OutboxRepository):
                 if entry is None or entry.status != PENDING:
                     continue
                 attempts = entry.retry_count + 1
-                gives_up = attempts >= max_attempts
-                given_up += gives_up
+                first_failed_at = entry.first_failed_at or failed_at
+                giving_up = gives_up(
+                    first_failed_at,
+                    attempts,
+                    failed_at,
+                    give_up_after=give_up_after,
+                    max_attempts=max_attempts,
+                )
+                given_up += giving_up
                 self._update(
                     failure.id,
                     retry_count=attempts,
                     last_error=failure.error,
-                    status=FAILED if gives_up else PENDING,
-                    next_attempt_at=None if gives_up else failure.next_attempt_at,
+                    status=FAILED if giving_up else PENDING,
+                    next_attempt_at=None if giving_up else failure.next_attempt_at,
+                    first_failed_at=first_failed_at,
                     claimed_by="",
                     claimed_at=None,
                 )
@@ -324,6 +360,7 @@ class InMemoryOutboxRepository(OutboxRepository):
                     status=PENDING,
                     retry_count=0,
                     next_attempt_at=None,
+                    first_failed_at=None,
                     claimed_by="",
                     claimed_at=None,
                 )

@@ -16,12 +16,22 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, ClassVar
+from uuid import UUID
+
+from asgiref.sync import sync_to_async
 
 from .._runtime import full_jitter_delay, run_to_completion
 from ..context import event_context
 from ..events.base import DomainEvent
-from ..events.handlers import collect_handlers, find_handler_name
-from .checkpoints import CheckpointRepository, InMemoryCheckpointRepository
+from ..events.handlers import (
+    AsyncEventHandlerBase,
+    EventHandlerBase,
+    check_handler_signatures,
+    collect_handlers,
+    find_handler_name,
+)
+from ..events.registry import default_registry
+from .checkpoints import CheckpointRepository, InMemoryCheckpointRepository, LagMetrics
 from .dead_letters import DLQRepository, InMemoryDLQRepository
 
 logger = logging.getLogger("django_eventsource")
@@ -98,6 +108,10 @@ class Projection(ABC):
     def reset(self) -> None:
         """Remove everything the projection wrote, before a rebuild."""
 
+    async def areset(self) -> None:
+        """``reset()`` from async code (in one ``sync_to_async`` call)."""
+        await sync_to_async(self.reset)()
+
     def subscribed_to(self) -> list[type[DomainEvent]]:
         """Event classes this projection handles (subclasses included); ``[]`` means all."""
         return []
@@ -132,13 +146,25 @@ class DeclarativeProjection(Projection):
 
     A handler may be ``async def``; it is run to completion. Events without a handler
     are not subscribed to, so they are skipped.
+
+    A handler that cannot be called with exactly one event besides ``self`` is a
+    ``TypeError`` when the class is defined. ``manage.py check`` reports the projections
+    of ``EVENTSOURCE_PROJECTIONS`` that handle an event class nothing registered matches
+    (``django_eventsource.E020``) or subscribe to one they never handle (``W020``).
     """
 
     _handlers: ClassVar[dict[type[DomainEvent], str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls._handlers = collect_handlers(cls)
+        handlers = collect_handlers(cls)
+        check_handler_signatures(cls, handlers)
+        cls._handlers = handlers
+
+    @classmethod
+    def get_handlers(cls) -> dict[type[DomainEvent], str]:
+        """The ``@handles`` methods: each handled event class and its method's name."""
+        return dict(cls._handlers)
 
     def subscribed_to(self) -> list[type[DomainEvent]]:
         return list(self._handlers)
@@ -151,6 +177,22 @@ class DeclarativeProjection(Projection):
         if name is None:
             return None
         return run_to_completion(getattr(self, name)(event))
+
+
+def subscribed_event_type_names(projection: Projection) -> list[str] | None:
+    """The stored type names of the events ``projection`` wants; ``None`` for every event.
+
+    Registered subclasses of a subscribed class count, since the projection receives
+    them too.
+    """
+    wanted = tuple(projection.subscribed_to())
+    if not wanted:
+        return None
+    names = [cls.event_type_name() for cls in wanted]
+    for name, cls in default_registry.items():
+        if issubclass(cls, wanted) and name not in names:
+            names.append(name)
+    return names
 
 
 def apply_with_retries(
@@ -207,6 +249,10 @@ class CheckpointTrackingProjection(DeclarativeProjection):
 
     The repositories default to in-memory ones; pass ``DjangoCheckpointRepository()``
     and ``DjangoDLQRepository()`` to persist them.
+
+    ``reset()`` clears the checkpoint, so the next events are handled from position 0
+    again. A projection with a read model overrides it to empty the read model and calls
+    ``super().reset()``.
     """
 
     def __init__(
@@ -221,6 +267,30 @@ class CheckpointTrackingProjection(DeclarativeProjection):
 
     def get_retry_policy(self) -> RetryPolicy:
         return self._retry_policy or super().get_retry_policy()
+
+    def reset(self) -> None:
+        """Forget the checkpoint (``checkpoint_repo``); overrides also empty the read model."""
+        self.checkpoint_repo.reset_checkpoint(self.name)
+
+    def get_checkpoint(self) -> UUID | None:
+        """The id of the last event processed, ``None`` before the first one."""
+        return self.checkpoint_repo.get_checkpoint(self.name)
+
+    async def aget_checkpoint(self) -> UUID | None:
+        return await sync_to_async(self.get_checkpoint)()
+
+    def get_lag_metrics(self) -> LagMetrics | None:
+        """How far behind the newest stored event of a subscribed class the projection is.
+
+        Only the subscribed classes (and their registered subclasses) count, unless the
+        projection subscribes to every event. ``None`` before the first event. An
+        ``InMemoryCheckpointRepository`` measures the lag only when it was given the
+        event store; otherwise the lag figures are 0.
+        """
+        return self.checkpoint_repo.get_lag_metrics(self.name, subscribed_event_type_names(self))
+
+    async def aget_lag_metrics(self) -> LagMetrics | None:
+        return await sync_to_async(self.get_lag_metrics)()
 
     def process(self, event: DomainEvent) -> None:
         # The runner calls process(): only the handler, its own tracking takes over.
@@ -256,10 +326,13 @@ class CheckpointTrackingProjection(DeclarativeProjection):
 
 
 __all__ = [
+    "AsyncEventHandlerBase",
     "CheckpointTrackingProjection",
     "DeclarativeProjection",
+    "EventHandlerBase",
     "HandlingFailure",
     "Projection",
     "RetryPolicy",
     "apply_with_retries",
+    "subscribed_event_type_names",
 ]

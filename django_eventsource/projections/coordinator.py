@@ -2,7 +2,7 @@
 
 ``ProjectionRegistry`` is the in-process fan-out (hand it to an event bus, or call
 ``dispatch`` yourself). ``ProjectionCoordinator`` adds a store and checkpoints: it catches
-projections up from their checkpoints, rebuilds one from position 0 and reports health.
+projections up from their checkpoints, rebuilds them from position 0 and reports health.
 Under Django, ``run_projections`` (``projections.runner``) does the same catch-up with
 database transactions, leases and signals; the coordinator is the framework-free form.
 """
@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from asgiref.sync import sync_to_async
+
 from .._runtime import run_to_completion
 from ..events.base import DomainEvent
-from ..exceptions import ProjectionError
+from ..stores.in_memory import InMemoryEventStore
 from ..stores.interface import EventStore, ReadOptions
 from .base import Projection, apply_with_retries
 from .checkpoints import CheckpointRepository, InMemoryCheckpointRepository
@@ -43,9 +46,10 @@ class ProjectionRegistry:
             self._projections[projection.name] = projection
         return projection
 
-    def unregister_projection(self, name: str) -> None:
+    def unregister_projection(self, name: str) -> bool:
+        """Remove the projection called ``name``; returns whether there was one."""
         with self._lock:
-            self._projections.pop(name, None)
+            return self._projections.pop(name, None) is not None
 
     def get(self, name: str) -> Projection:
         """The projection called ``name``; ``KeyError`` naming the registered ones otherwise."""
@@ -58,6 +62,10 @@ class ProjectionRegistry:
 
     def get_all(self) -> list[Projection]:
         return list(self._projections.values())
+
+    def get_projection_count(self) -> int:
+        """How many projections are registered."""
+        return len(self._projections)
 
     def __len__(self) -> int:
         return len(self._projections)
@@ -76,29 +84,50 @@ class ProjectionRegistry:
         return wanted
 
     def dispatch(self, event: DomainEvent) -> None:
-        """Hand ``event`` to every interested projection.
+        """Hand ``event`` to every interested projection, in registration order.
 
-        A failing projection does not stop the others; the first failure is raised as a
-        ``ProjectionError`` once all have been called.
+        A projection that raises is logged (an ERROR on the ``django_eventsource`` logger
+        with the traceback and the extra fields ``projection``, ``event_id`` and
+        ``event_type``) and the others still get the event; nothing is raised. Live
+        dispatch has no retry or dead letter: a projection that must not miss an event
+        is a ``CheckpointTrackingProjection`` or runs under ``run_projections``.
         """
-        first_error: ProjectionError | None = None
         for projection in self.get_all():
             if not projection.is_interested_in(event):
                 continue
             try:
                 run_to_completion(projection.handle(event))
-            except Exception as exc:
+            except Exception:
                 logger.exception(
-                    "Projection %s failed on %s",
+                    "Projection %s failed on %s %s",
                     projection.name,
                     event.event_type,
-                    extra={"projection": projection.name, "event_id": str(event.event_id)},
+                    event.event_id,
+                    extra={
+                        "projection": projection.name,
+                        "event_id": str(event.event_id),
+                        "event_type": event.event_type,
+                    },
                 )
-                if first_error is None:
-                    first_error = ProjectionError(projection.name, event.event_id, str(exc))
-                    first_error.__cause__ = exc
-        if first_error is not None:
-            raise first_error
+
+    async def adispatch(self, event: DomainEvent) -> None:
+        await sync_to_async(self.dispatch)(event)
+
+    def dispatch_many(self, events: Iterable[DomainEvent]) -> None:
+        """``dispatch`` each event in turn (so each projection sees them in this order)."""
+        for event in events:
+            self.dispatch(event)
+
+    async def adispatch_many(self, events: Iterable[DomainEvent]) -> None:
+        await sync_to_async(self.dispatch_many)(list(events))
+
+    def reset_all(self) -> None:
+        """Call ``reset()`` on every projection; the first error stops and is raised."""
+        for projection in self.get_all():
+            projection.reset()
+
+    async def areset_all(self) -> None:
+        await sync_to_async(self.reset_all)()
 
     # An EventSubscriber-compatible face, so the registry can subscribe to a bus.
     def handle(self, event: DomainEvent) -> None:
@@ -130,31 +159,64 @@ class ProjectionHealth:
         return self.dead_letters == 0
 
 
+@dataclass(frozen=True, slots=True)
+class ProjectionInfo:
+    """What ``ProjectionCoordinator.get_projection_info()`` tells about one projection.
+
+    ``event_types`` are the stored type names of the classes it subscribes to (empty:
+    every event); ``position``, ``lag_events``, ``lag_seconds``, ``last_processed_at``
+    and ``dead_letters`` are those of ``ProjectionHealth``; ``events_processed`` counts
+    the events its handlers were given.
+    """
+
+    name: str
+    event_types: tuple[str, ...]
+    position: int
+    lag_events: int
+    lag_seconds: float
+    events_processed: int
+    last_processed_at: datetime | None
+    dead_letters: int
+
+    @property
+    def healthy(self) -> bool:
+        return self.dead_letters == 0
+
+
 class ProjectionCoordinator:
     """Catches registered projections up from an event store, with checkpoints.
 
     Events are read in global order from each projection's checkpoint, handled with
     retries, dead-lettered when they keep failing, and the checkpoint moves once per
-    batch.
+    batch. Without ``event_store`` the coordinator has an ``InMemoryEventStore`` of its
+    own (``coordinator.event_store``), handy in tests and scripts; the repositories
+    default to in-memory ones too.
     """
 
     def __init__(
         self,
         registry: ProjectionRegistry,
-        event_store: EventStore,
+        event_store: EventStore | None = None,
         checkpoint_repo: CheckpointRepository | None = None,
         dlq_repo: DLQRepository | None = None,
         batch_size: int = 500,
     ) -> None:
         self.registry = registry
-        self.event_store = event_store
-        self.checkpoint_repo = checkpoint_repo or InMemoryCheckpointRepository(event_store)
+        self.event_store = InMemoryEventStore() if event_store is None else event_store
+        self.checkpoint_repo = checkpoint_repo or InMemoryCheckpointRepository(self.event_store)
         self.dlq_repo = dlq_repo or InMemoryDLQRepository()
         self.batch_size = batch_size
 
     def dispatch(self, event: DomainEvent) -> None:
         """Live dispatch to every interested projection (see ``ProjectionRegistry``)."""
         self.registry.dispatch(event)
+
+    def dispatch_events(self, events: Iterable[DomainEvent]) -> None:
+        """Live dispatch of several events, in order (``ProjectionRegistry.dispatch_many``)."""
+        self.registry.dispatch_many(events)
+
+    async def adispatch_events(self, events: Iterable[DomainEvent]) -> None:
+        await sync_to_async(self.dispatch_events)(list(events))
 
     def catch_up(self, names: list[str] | None = None) -> dict[str, int]:
         """Bring projections up to the store's safe high-water mark; events read per name."""
@@ -167,8 +229,19 @@ class ProjectionCoordinator:
         """Reset a projection and replay every event into it; returns the events read."""
         projection = self.registry.get(name)
         projection.reset()
+        # The coordinator's checkpoint, which a CheckpointTrackingProjection's own reset()
+        # does not reach unless both share one repository; rewinding twice is harmless.
         self.checkpoint_repo.reset_checkpoint(name)
         return self._catch_up_one(projection)
+
+    def rebuild_all(self) -> dict[str, int]:
+        """``rebuild`` every registered projection; events read per name."""
+        return {
+            projection.name: self.rebuild(projection.name) for projection in self.registry.get_all()
+        }
+
+    async def arebuild_all(self) -> dict[str, int]:
+        return await sync_to_async(self.rebuild_all)()
 
     def health(self) -> dict[str, ProjectionHealth]:
         """Position, lag and open dead letters of every registered projection."""
@@ -190,6 +263,27 @@ class ProjectionCoordinator:
                 last_processed_at=lag.last_processed_at if lag else None,
             )
         return report
+
+    def get_projection_info(self) -> dict[str, ProjectionInfo]:
+        """Name, subscribed event types, position, lag and dead letters of every projection."""
+        info: dict[str, ProjectionInfo] = {}
+        for name, health in self.health().items():
+            projection = self.registry.get(name)
+            checkpoint = self.checkpoint_repo.get_checkpoint_data(name)
+            info[name] = ProjectionInfo(
+                name=name,
+                event_types=tuple(cls.event_type_name() for cls in projection.subscribed_to()),
+                position=health.position,
+                lag_events=health.lag_events,
+                lag_seconds=health.lag_seconds,
+                events_processed=checkpoint.events_processed if checkpoint else 0,
+                last_processed_at=health.last_processed_at,
+                dead_letters=health.dead_letters,
+            )
+        return info
+
+    async def aget_projection_info(self) -> dict[str, ProjectionInfo]:
+        return await sync_to_async(self.get_projection_info)()
 
     def _catch_up_one(self, projection: Projection) -> int:
         total = 0
@@ -237,4 +331,4 @@ class ProjectionCoordinator:
         }
 
 
-__all__ = ["ProjectionCoordinator", "ProjectionHealth", "ProjectionRegistry"]
+__all__ = ["ProjectionCoordinator", "ProjectionHealth", "ProjectionInfo", "ProjectionRegistry"]

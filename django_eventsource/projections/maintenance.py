@@ -47,6 +47,10 @@ def reset_projection(
     with exclusive(projection.name, using) as guard:
         with transaction.atomic(using=using):
             projection.reset()
+            # The runner's checkpoint is this row. A CheckpointTrackingProjection's reset()
+            # clears its own repository, usually an in-memory one; when that is this very
+            # row the rewind below is a no-op UPDATE, and skipping it would lose the reset
+            # for overrides that do not call super().reset().
             DjangoCheckpointRepository(using).reset_checkpoint(projection.name)
         logger.info("Projection %s reset", projection.name, extra={"projection": projection.name})
         if rebuild:

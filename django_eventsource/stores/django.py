@@ -5,31 +5,32 @@ Appends are one multi-row ``INSERT … RETURNING`` per call, inside
 go through a raw cursor, skip model instantiation and rebuild events through the event
 registry. Catch-up reads never pass ``safe_high_water_mark()``; see
 ``docs/event-store.md`` for how that mark is computed on PostgreSQL.
+
+The store decides; its siblings do the mechanics: ``writes`` (the append statements),
+``reads`` (filters and keyset pages), ``rows`` (rows back into events) and ``_gaps``
+(the safe high-water mark and what holds it back).
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from django.db import IntegrityError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
-from pydantic import ValidationError
 
 from .. import tracing
 from ..conf import conf
 from ..events.base import DomainEvent
 from ..events.registry import EventRegistry, default_registry
 from ..events.serialization import outbox_row_values
-from ..exceptions import EventSourceError, OptimisticLockError, SerializationError
+from ..exceptions import OptimisticLockError
 from ..models import EventRecord, OutboxMessage
-from ._gaps import _GapState, _parse_blockers
+from ._gaps import GapTracker
 from ._sqlite import retry_while_locked
 from .interface import (
     AppendResult,
@@ -39,35 +40,19 @@ from .interface import (
     ReaderBlocker,
     ReadOptions,
     StoredEvent,
-    make_stream_id,
     parse_stream_id,
 )
-from .sql import (
-    _ENVELOPE_KEYS,
-    _INSERT_COLUMNS,
-    _RAW_COLUMNS,
-    _as_uuid,
-    _document,
-    _Sql,
-    as_utc_datetime,
-    fetch_event_rows,
-    json_object,
-    raw_event_values,
-    unreadable_row,
-)
+from .reads import option_filters, paged, time_filters
+from .rows import RowDecoder
+from .sql import _Sql, fetch_event_rows
 from .validation import (
     check_existing_ids,
     check_position,
     check_versions,
     coerce_uuid,
-    storable_event_json,
     validate_append,
 )
-
-logger = logging.getLogger("django_eventsource")
-
-#: PostgreSQL ``LISTEN`` channel notified (at commit) with the last appended position.
-NOTIFY_CHANNEL = "eventsource_events"
+from .writes import NOTIFY_CHANNEL, insert_events, read_stream_state
 
 
 class DjangoEventStore(EventStore):
@@ -95,15 +80,13 @@ class DjangoEventStore(EventStore):
     ) -> None:
         self.using = using
         self.outbox_enabled = outbox_enabled
-        self._registry = registry
-        self._gap_states: dict[str, _GapState] = {}
-        self._gap_states_lock = threading.Lock()
-        self._versions: dict[type[DomainEvent], int] = {}
+        self._rows = RowDecoder(registry if registry is not None else default_registry)
+        self._gaps = GapTracker()
 
     @property
     def registry(self) -> EventRegistry:
         """The registry events are rebuilt with."""
-        return self._registry if self._registry is not None else default_registry
+        return self._rows.registry
 
     # -- databases and transactions ------------------------------------------------------
 
@@ -126,7 +109,7 @@ class DjangoEventStore(EventStore):
     def _outbox_enabled(self) -> bool:
         if self.outbox_enabled is not None:
             return self.outbox_enabled
-        return bool(conf.OUTBOX_ENABLED)
+        return conf.OUTBOX_ENABLED
 
     # -- writing ------------------------------------------------------------------------
 
@@ -200,7 +183,7 @@ class DjangoEventStore(EventStore):
             )
             if retried is not None:
                 return retried
-            last_position = self._insert(conn, cursor, events)
+            last_position = insert_events(conn, cursor, events)
         if self._outbox_enabled():
             OutboxMessage.objects.using(alias).bulk_create(
                 [OutboxMessage(**outbox_row_values(e)) for e in events]
@@ -261,87 +244,11 @@ class DjangoEventStore(EventStore):
         aggregate_type: str,
         events: list[DomainEvent],
     ) -> tuple[int, dict[UUID, tuple[str, UUID, int]], dict[UUID, int]]:
-        """The stream's version and which of ``events`` are already stored, in one query."""
-        q = _Sql.get(conn)
-        to_db = q.uuid_to_db
-        ids = [to_db(e.event_id) for e in events]
-        limit = q.max_params - 2
-        head_ids, rest = ids[:limit], ids[limit:]
-        cursor.execute(
-            f"SELECT NULL, NULL, NULL, COALESCE(MAX({q.c('aggregate_version')}), 0), NULL "
-            f"FROM {q.table} WHERE {q.c('aggregate_id')} = %s AND {q.c('aggregate_type')} = %s "
-            f"UNION ALL SELECT {q.cols('event_id', 'aggregate_type', 'aggregate_id')}, "
-            f"{q.cols('aggregate_version', 'position')} FROM {q.table} "
-            f"WHERE {q.c('event_id')} IN ({', '.join(['%s'] * len(head_ids))})",
-            [to_db(agg_id), aggregate_type, *head_ids],
-        )
-        rows = cursor.fetchall()
-        while rest:
-            chunk, rest = rest[:limit], rest[limit:]
-            cursor.execute(
-                f"SELECT {q.cols('event_id', 'aggregate_type', 'aggregate_id')}, "
-                f"{q.cols('aggregate_version', 'position')} FROM {q.table} "
-                f"WHERE {q.c('event_id')} IN ({', '.join(['%s'] * len(chunk))})",
-                chunk,
-            )
-            rows.extend(cursor.fetchall())
-        current = 0
-        existing: dict[UUID, tuple[str, UUID, int]] = {}
-        positions: dict[UUID, int] = {}
-        for event_id, stored_type, stored_id, version, position in rows:
-            if event_id is None:
-                current = int(version)
-                continue
-            key = _as_uuid(event_id)
-            existing[key] = (stored_type, _as_uuid(stored_id), int(version))
-            positions[key] = int(position)
-        return current, existing, positions
+        """The stream's version and which of ``events`` are already stored, in one query.
 
-    def _insert(
-        self, conn: BaseDatabaseWrapper, cursor: CursorWrapper, events: list[DomainEvent]
-    ) -> int:
-        """Insert ``events`` with one multi-row INSERT (per parameter-limit chunk)."""
-        q = _Sql.get(conn)
-        uuid_db, dt_db, json_db = q.uuid_to_db, q.datetime_to_db, q.json_text_to_db
-        per_row = len(_INSERT_COLUMNS)
-        rows_per_statement = max(1, q.max_params // per_row)
-        last_position = 0
-        for start in range(0, len(events), rows_per_statement):
-            chunk = events[start : start + rows_per_statement]
-            params: list[Any] = []
-            for e in chunk:
-                payload, metadata = storable_event_json(e)
-                params += (
-                    uuid_db(e.event_id),
-                    e.aggregate_type,
-                    uuid_db(e.aggregate_id),
-                    e.aggregate_version,
-                    e.event_type,
-                    e.event_version,
-                    None if e.tenant_id is None else uuid_db(e.tenant_id),
-                    e.actor_id,
-                    uuid_db(e.correlation_id),
-                    None if e.causation_id is None else uuid_db(e.causation_id),
-                    dt_db(e.occurred_at),
-                    json_db(payload),
-                    json_db(metadata),
-                )
-            values = ", ".join([q.row_placeholder] * len(chunk))
-            insert = f"INSERT INTO {q.table} ({q.insert_columns}) VALUES {values}"
-            if q.is_postgres:
-                # The notification is delivered at commit, so LISTENing projection runners
-                # wake up only for events they can read.
-                cursor.execute(
-                    f"WITH inserted AS ({insert} RETURNING {q.c('position')}) "
-                    f"SELECT MAX({q.c('position')}), "
-                    f"pg_notify(%s, MAX({q.c('position')})::text) FROM inserted",
-                    [*params, NOTIFY_CHANNEL],
-                )
-                last_position = max(last_position, int(cursor.fetchone()[0]))
-            else:
-                cursor.execute(f"{insert} RETURNING {q.c('position')}", params)
-                last_position = max([last_position, *(int(r[0]) for r in cursor.fetchall())])
-        return last_position
+        A method, so that a subclass can change what a writer sees (the race tests do).
+        """
+        return read_stream_state(conn, cursor, agg_id, aggregate_type, events)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -365,11 +272,11 @@ class DjangoEventStore(EventStore):
             order = f"{q.c('aggregate_version')}"
         else:
             order = f"{q.c('position')}"
-        self._time_filters(q, where, params, from_timestamp, to_timestamp)
+        time_filters(q, where, params, from_timestamp, to_timestamp)
         rows = fetch_event_rows(
             conn, q, f"FROM {q.table} WHERE {' AND '.join(where)} ORDER BY {order}", params
         )
-        events = list(self._events(rows))
+        events = list(self._rows.events(rows))
         return EventStream.of(agg_id, aggregate_type, events, from_version)
 
     def get_events_by_type(
@@ -385,10 +292,12 @@ class DjangoEventStore(EventStore):
         if tenant_id is not None:
             where.append(f"{q.c('tenant_id')} = %s")
             params.append(q.uuid_to_db(coerce_uuid(tenant_id, "tenant_id")))
-        self._time_filters(q, where, params, from_timestamp, None)
+        time_filters(q, where, params, from_timestamp, None)
         return [
             stored.event
-            for stored in self._paged(conn, where, params, after=0, ceiling=None, limit=None)
+            for stored in paged(
+                conn, self._rows, self, where, params, after=0, ceiling=None, limit=None
+            )
         ]
 
     def event_exists(self, event_id: UUID) -> bool:
@@ -432,10 +341,12 @@ class DjangoEventStore(EventStore):
         q = _Sql.get(conn)
         where = [f"{q.c('aggregate_id')} = %s", f"{q.c('aggregate_type')} = %s"]
         params: list[Any] = [q.uuid_to_db(aggregate_id), aggregate_type]
-        self._option_filters(q, where, params, opts)
+        option_filters(q, where, params, opts)
         backward = opts.direction == ReadDirection.BACKWARD
-        return self._paged(
+        return paged(
             conn,
+            self._rows,
+            self,
             where,
             params,
             after=opts.from_position,
@@ -451,10 +362,12 @@ class DjangoEventStore(EventStore):
         q = _Sql.get(conn)
         where: list[str] = []
         params: list[Any] = []
-        self._option_filters(q, where, params, opts)
+        option_filters(q, where, params, opts)
         if opts.direction == ReadDirection.BACKWARD:
-            return self._paged(
+            return paged(
                 conn,
+                self._rows,
+                self,
                 where,
                 params,
                 after=opts.from_position,
@@ -484,8 +397,8 @@ class DjangoEventStore(EventStore):
             mark = min(mark, end)
             if mark <= position:
                 return
-            for stored in self._paged(
-                conn, where, params, after=position, ceiling=mark, limit=remaining
+            for stored in paged(
+                conn, self._rows, self, where, params, after=position, ceiling=mark, limit=remaining
             ):
                 yield stored
                 if remaining is not None:
@@ -493,170 +406,6 @@ class DjangoEventStore(EventStore):
             position = mark
             if position >= end:
                 return
-
-    def _paged(
-        self,
-        conn: BaseDatabaseWrapper,
-        where: list[str],
-        params: list[Any],
-        *,
-        after: int,
-        ceiling: int | None,
-        limit: int | None,
-        backward: bool = False,
-        key: str = "position",
-    ) -> Iterator[StoredEvent]:
-        """Keyset pagination over ``key``: no long transaction, no server-side cursor."""
-        q = _Sql.get(conn)
-        column = q.c(key)
-        order = "DESC" if backward else "ASC"
-        sql_head = f"FROM {q.table} WHERE "
-        remaining = limit
-        cursor_position = after
-        first = True
-        stream_ids: dict[Any, str] = {}
-        while remaining is None or remaining > 0:
-            page_size = self.chunk_size if remaining is None else min(remaining, self.chunk_size)
-            conditions = list(where)
-            page_params = list(params)
-            if backward:
-                if cursor_position > 0 or not first:
-                    conditions.append(f"{column} < %s")
-                    page_params.append(cursor_position)
-            else:
-                conditions.append(f"{column} > %s")
-                page_params.append(cursor_position)
-            if ceiling is not None:
-                conditions.append(f"{column} <= %s")
-                page_params.append(ceiling)
-            sql = (
-                sql_head
-                + (" AND ".join(conditions) or "1 = 1")
-                + f" ORDER BY {column} {order} LIMIT {int(page_size)}"
-            )
-            rows = fetch_event_rows(conn, q, sql, page_params)
-            for row, event in zip(rows, self._events(rows), strict=True):
-                stream_key = (row[5], row[6])
-                stream_id = stream_ids.get(stream_key)
-                if stream_id is None:
-                    stream_id = make_stream_id(event.aggregate_id, event.aggregate_type)
-                    stream_ids[stream_key] = stream_id
-                try:
-                    stored_at = as_utc_datetime(row[12])
-                except SerializationError as exc:
-                    raise unreadable_row(row, f"recorded_at: {exc}") from exc
-                yield StoredEvent(
-                    event=event,
-                    stream_id=stream_id,
-                    stream_position=row[7],
-                    global_position=row[0],
-                    stored_at=stored_at,
-                )
-            if len(rows) < page_size:
-                return
-            first = False
-            last = rows[-1]
-            cursor_position = int(last[0] if key == "position" else last[7])
-            if remaining is not None:
-                remaining -= len(rows)
-
-    @staticmethod
-    def _time_filters(
-        q: _Sql,
-        where: list[str],
-        params: list[Any],
-        start: datetime | None,
-        end: datetime | None,
-    ) -> None:
-        if start is not None:
-            where.append(f"{q.c('occurred_at')} >= %s")
-            params.append(q.datetime_to_db(start))
-        if end is not None:
-            where.append(f"{q.c('occurred_at')} <= %s")
-            params.append(q.datetime_to_db(end))
-
-    def _option_filters(
-        self, q: _Sql, where: list[str], params: list[Any], opts: ReadOptions
-    ) -> None:
-        if opts.tenant_id is not None:
-            where.append(f"{q.c('tenant_id')} = %s")
-            params.append(q.uuid_to_db(coerce_uuid(opts.tenant_id, "tenant_id")))
-        self._time_filters(q, where, params, opts.from_timestamp, opts.to_timestamp)
-
-    # -- rebuilding events --------------------------------------------------------------
-
-    def _events(self, rows: Sequence[Sequence[Any]]) -> Iterator[DomainEvent]:
-        """Rebuild the events of ``rows`` (of ``_READ_COLUMNS``), one at a time.
-
-        Lazily, so that a caller handles every event before one that fails to rebuild.
-        """
-        registry = self.registry
-        # (event_type, event_version) -> the class's JSON validator, or None for rows
-        # that take the full path.
-        validators: dict[tuple[str, int], Callable[[str], Any] | None] = {}
-        for row in rows:
-            try:
-                version_key = (row[2], row[3])
-                try:
-                    validate = validators[version_key]
-                except KeyError:
-                    validate = validators[version_key] = self._json_validator(registry, row)
-                if validate is None:
-                    event = self._event_from_values(row, registry.get_or_none(row[2]))
-                else:
-                    # SQLite returns every column as text: write them into one JSON
-                    # document that pydantic-core parses and validates without building
-                    # Python values first. A failure is retried on the full path, which
-                    # explains it.
-                    try:
-                        event = validate(_document(row))
-                    except ValidationError:
-                        event = self._event_from_values(row, registry.get_or_none(row[2]))
-            except EventSourceError:
-                raise
-            except (ArithmeticError, AttributeError, LookupError, TypeError, ValueError) as exc:
-                # A row no check foresaw (text where a number belongs…): still a typed
-                # error naming the row, which the projection runner dead-letters.
-                raise unreadable_row(row, exc) from exc
-            yield event
-
-    def _json_validator(
-        self, registry: EventRegistry, row: Sequence[Any]
-    ) -> Callable[[str], Any] | None:
-        """``validate_json`` of the row's event class, if the row can use it."""
-        if type(row[1]) is not str:  # not SQLite text
-            return None
-        event_class = registry.get_or_none(row[2])
-        if event_class is None or row[3] < self._current_version(event_class):
-            return None
-        return event_class.__pydantic_validator__.validate_json
-
-    def _event_from_values(
-        self, row: Sequence[Any], event_class: type[DomainEvent] | None
-    ) -> DomainEvent:
-        """``_event`` from the row's values as the driver returns them."""
-        data = json_object(row, 13)
-        data.update(zip(_ENVELOPE_KEYS, row[1:12], strict=True))
-        occurred_at = row[4]
-        if type(occurred_at) is datetime and occurred_at.tzinfo is None:
-            data["occurred_at"] = occurred_at.replace(tzinfo=UTC)
-        data["metadata"] = {} if row[14] == "{}" else json_object(row, 14)
-        registry = self.registry
-        if event_class is None or row[3] < self._current_version(event_class):
-            # Unknown types and old schema versions take the full path: a clear error
-            # naming the registered types, or the upcaster chain.
-            return registry.deserialize(data)
-        try:
-            return event_class.model_validate(data)
-        except ValidationError as exc:
-            reason = f"it no longer validates as {event_class.__qualname__}: {exc}"
-            raise unreadable_row(row, reason) from exc
-
-    def _current_version(self, event_class: type[DomainEvent]) -> int:
-        version = self._versions.get(event_class)
-        if version is None:
-            version = self._versions[event_class] = event_class.current_event_version()
-        return version
 
     # -- gap-safe catch-up --------------------------------------------------------------
 
@@ -678,117 +427,20 @@ class DjangoEventStore(EventStore):
         Ids that are not UUIDs and a payload that is not JSON come back as the stored text.
         """
         check_position(position, "position")
-        conn = connections[self.db_for_read()]
-        q = _Sql.get(conn)
-        pos = q.c("position")
-        with conn.cursor() as cursor:
-            # A raw cursor, not the ORM: its converters would fail on the very values
-            # that make the row unreadable.
-            cursor.execute(
-                f"SELECT {q.cols(*_RAW_COLUMNS)} FROM {q.table} "
-                f"WHERE {pos} > %s AND {pos} <= %s ORDER BY {pos} LIMIT 1",
-                [position, self.safe_high_water_mark()],
-            )
-            found = cursor.fetchone()
-        return None if found is None else raw_event_values(found)
+        return self._gaps.first_row_after(
+            self.db_for_read(), position, ceiling=self.safe_high_water_mark()
+        )
 
     def get_reader_blockers(self) -> list[ReaderBlocker]:
         """Sessions whose open transactions may hold catch-up readers back (PostgreSQL).
 
         Always empty on other databases, where writers never leave a gap behind them.
         """
-        conn = connections[self.db_for_read()]
-        if conn.vendor != "postgresql":
-            return []
-        q = _Sql.get(conn)
-        with conn.cursor() as cursor:
-            cursor.execute(f"SELECT 0, {q.blockers_sql}", [q.raw_table])
-            _, blockers = cursor.fetchone()
-        return [blocker for _, blocker in _parse_blockers(blockers)]
+        return self._gaps.blockers(self.db_for_read())
 
     def _high_water_mark(self, alias: str, *, after: int) -> tuple[int, int]:
         """``(safe mark, max visible position)`` for a reader that has read up to ``after``."""
-        conn = connections[alias]
-        q = _Sql.get(conn)
-        if conn.vendor != "postgresql":
-            with conn.cursor() as cursor:
-                cursor.execute(f"SELECT COALESCE(MAX({q.c('position')}), 0) FROM {q.table}")
-                visible_max = int(cursor.fetchone()[0])
-            return visible_max, visible_max
-        with conn.cursor() as cursor:
-            # One statement: its snapshot gives M, and pg_locks is read after that
-            # snapshot was taken. Every position <= M was allocated before the snapshot,
-            # so a transaction holding one of them is either finished or listed.
-            cursor.execute(
-                f"SELECT (SELECT COALESCE(MAX({q.c('position')}), 0) FROM {q.table}), "
-                f"{q.blockers_sql}",
-                [q.raw_table],
-            )
-            visible_max, raw_blockers = cursor.fetchone()
-            visible_max = int(visible_max)
-            blockers = _parse_blockers(raw_blockers)
-            state = self._gap_state(alias)
-            with state.lock:
-                holders = frozenset(vxid for vxid, _ in blockers)
-                if state.pending is not None and not (state.pending[1] & holders):
-                    state.floor = max(state.floor, state.pending[0])
-                    state.pending = None
-                if state.floor > visible_max:  # the table was emptied
-                    state.floor, state.pending = 0, None
-                if not blockers:
-                    state.floor, state.pending = visible_max, None
-                    state.warned.clear()
-                    return visible_max, visible_max
-                if state.pending is None:
-                    state.pending = (visible_max, holders)
-                floor = state.floor
-                self._warn_long_blockers(state, blockers)
-            base = max(after, floor)
-            if base >= visible_max:
-                return visible_max, visible_max
-            bound = min(visible_max, base + self.gap_scan_window)
-            pos = q.c("position")
-            # The end of the contiguous run of visible positions after ``base``: one
-            # index-only range scan of at most ``gap_scan_window`` entries.
-            cursor.execute(
-                f"SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM {q.table} WHERE {pos} = %s) "
-                f"THEN %s ELSE (SELECT MIN(run.{pos}) FROM (SELECT {pos}, "
-                f"lead({pos}) OVER (ORDER BY {pos}) AS next FROM {q.table} "
-                f"WHERE {pos} > %s AND {pos} <= %s) run "
-                f"WHERE run.next IS NULL OR run.next <> run.{pos} + 1) END",
-                [base + 1, base, base, bound],
-            )
-            return int(cursor.fetchone()[0]), visible_max
-
-    def _gap_state(self, alias: str) -> _GapState:
-        with self._gap_states_lock:
-            state = self._gap_states.get(alias)
-            if state is None:
-                state = self._gap_states[alias] = _GapState()
-            return state
-
-    @staticmethod
-    def _warn_long_blockers(state: _GapState, blockers: list[tuple[str, ReaderBlocker]]) -> None:
-        threshold = float(conf.HELD_BACK_WARNING_SECONDS)
-        state.warned &= {vxid for vxid, _ in blockers}
-        for vxid, blocker in blockers:
-            if blocker.duration_seconds >= threshold and vxid not in state.warned:
-                state.warned.add(vxid)
-                logger.warning(
-                    "Event readers are held back by a transaction open for %.0f s "
-                    "(pid %s, state %r, application %r): %s",
-                    blocker.duration_seconds,
-                    blocker.pid,
-                    blocker.state,
-                    blocker.application_name,
-                    blocker.query,
-                    extra={
-                        "pid": blocker.pid,
-                        "duration_seconds": round(blocker.duration_seconds, 3),
-                        "state": blocker.state,
-                        "application_name": blocker.application_name,
-                    },
-                )
+        return self._gaps.high_water_mark(alias, after=after, scan_window=self.gap_scan_window)
 
 
 __all__ = ["NOTIFY_CHANNEL", "DjangoEventStore", "ReaderBlocker"]

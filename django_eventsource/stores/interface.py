@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
@@ -122,19 +122,41 @@ class StoredEvent:
     def aggregate_type(self) -> str:
         return self.event.aggregate_type
 
+    def __str__(self) -> str:
+        # The dataclass repr embeds the whole event with its payload; a log line needs
+        # only what locates it in the store.
+        return (
+            f"{self.event.event_type}({self.stream_id} @{self.stream_position}, "
+            f"global #{self.global_position}, event_id={self.event.event_id})"
+        )
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, init=False)
 class EventStream:
     """The events of one aggregate, in version order.
 
     ``version`` is the stream version after the last returned event (or
-    ``from_version`` when no event was returned).
+    ``from_version`` when no event was returned). ``events=None`` is an empty stream.
     """
 
     aggregate_id: UUID
     aggregate_type: str
-    events: list[DomainEvent] = field(default_factory=list)
-    version: int = 0
+    events: list[DomainEvent]
+    version: int
+
+    def __init__(
+        self,
+        aggregate_id: UUID,
+        aggregate_type: str,
+        events: list[DomainEvent] | None = None,
+        version: int = 0,
+    ) -> None:
+        # Written by hand so that ``events`` may be None while the attribute is always
+        # a list; frozen dataclasses are set through object.__setattr__.
+        object.__setattr__(self, "aggregate_id", aggregate_id)
+        object.__setattr__(self, "aggregate_type", aggregate_type)
+        object.__setattr__(self, "events", [] if events is None else events)
+        object.__setattr__(self, "version", version)
 
     @property
     def is_empty(self) -> bool:

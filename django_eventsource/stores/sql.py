@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -187,64 +187,6 @@ def fetch_event_rows(
             cursor.execute(f"SELECT {q.read_columns_as_text} {sql_from}", params)
             rows = cursor.fetchall()
         return rows
-
-
-def unreadable_row(row: Sequence[Any], reason: object) -> SerializationError:
-    """The error for a stored event row (of ``_READ_COLUMNS``) that cannot be rebuilt."""
-    try:
-        event_id: object = _as_uuid(row[1])
-    except ValueError:
-        event_id = repr(row[1])
-    return SerializationError(
-        f"Stored event {event_id} at position {row[0]} (type {row[2]!r}) cannot be read: {reason}"
-    )
-
-
-#: What JSON calls the values ``json.loads`` returns, for messages.
-_JSON_TYPE_NAMES = {
-    list: "an array",
-    str: "a string",
-    bool: "a boolean",
-    int: "a number",
-    float: "a number",
-}
-
-
-def json_object(row: Sequence[Any], index: int) -> dict[str, Any]:
-    """Column ``index`` of a stored event row as a dict: decoded JSON text, or a copy.
-
-    Anything but a JSON object (malformed text, an array, ``null``…) raises a
-    ``SerializationError`` naming the row, not an error from deep inside the rebuild.
-    """
-    value = row[index]
-    if isinstance(value, str | bytes):
-        try:
-            value = json.loads(value)
-        except ValueError as exc:
-            raise unreadable_row(row, f"{_READ_COLUMNS[index]} is not valid JSON ({exc})") from exc
-        if type(value) is dict:
-            return value
-    elif isinstance(value, Mapping):
-        return dict(value)
-    kind = "null" if value is None else _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
-    raise unreadable_row(row, f"{_READ_COLUMNS[index]} is {kind}, not a JSON object")
-
-
-def raw_event_values(values: Sequence[Any]) -> dict[str, Any]:
-    """A raw row of ``_RAW_COLUMNS`` by name, ids as UUIDs and the payload decoded where
-    they can be.
-
-    Whatever cannot be converted is kept as stored, so the row can still be shown and
-    dead-lettered.
-    """
-    row = dict(zip(_RAW_COLUMNS, values, strict=True))
-    for key in ("event_id", "aggregate_id"):
-        with contextlib.suppress(ValueError):
-            row[key] = _as_uuid(row[key])
-    if isinstance(row["payload"], str | bytes):
-        with contextlib.suppress(ValueError):
-            row["payload"] = json.loads(row["payload"])
-    return row
 
 
 def _identity(value: UUID) -> Any:

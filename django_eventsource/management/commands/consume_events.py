@@ -67,7 +67,8 @@ class Command(BaseCommand):
                 self.style.SUCCESS(
                     f"acknowledged {stats.messages_acknowledged}, "
                     f"dead-lettered {stats.messages_dead_lettered}, "
-                    f"handler errors {stats.handler_errors}"
+                    f"handler errors {stats.handler_errors}, "
+                    f"database retries {stats.database_retries}"
                 )
             )
 

@@ -1,0 +1,123 @@
+"""How ``DjangoEventStore`` reads many events: the shared filter conditions and keyset
+pagination (no long transaction, no server-side cursor).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any, Protocol
+
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+from ..exceptions import SerializationError
+from .interface import ReadOptions, StoredEvent, make_stream_id
+from .rows import RowDecoder, unreadable_row
+from .sql import _Sql, as_utc_datetime, fetch_event_rows
+from .validation import coerce_uuid
+
+
+class PageSized(Protocol):
+    """Whatever sets the page size (the store).
+
+    It is read again at every page, so a change applies to iterators already open.
+    """
+
+    chunk_size: int
+
+
+def time_filters(
+    q: _Sql,
+    where: list[str],
+    params: list[Any],
+    start: datetime | None,
+    end: datetime | None,
+) -> None:
+    """Add ``start <= occurred_at <= end`` (either bound optional) to ``where``/``params``."""
+    if start is not None:
+        where.append(f"{q.c('occurred_at')} >= %s")
+        params.append(q.datetime_to_db(start))
+    if end is not None:
+        where.append(f"{q.c('occurred_at')} <= %s")
+        params.append(q.datetime_to_db(end))
+
+
+def option_filters(q: _Sql, where: list[str], params: list[Any], opts: ReadOptions) -> None:
+    """Add the tenant and time filters of ``opts`` to ``where``/``params``."""
+    if opts.tenant_id is not None:
+        where.append(f"{q.c('tenant_id')} = %s")
+        params.append(q.uuid_to_db(coerce_uuid(opts.tenant_id, "tenant_id")))
+    time_filters(q, where, params, opts.from_timestamp, opts.to_timestamp)
+
+
+def paged(
+    conn: BaseDatabaseWrapper,
+    decoder: RowDecoder,
+    sized: PageSized,
+    where: list[str],
+    params: list[Any],
+    *,
+    after: int,
+    ceiling: int | None,
+    limit: int | None,
+    backward: bool = False,
+    key: str = "position",
+) -> Iterator[StoredEvent]:
+    """The events matching ``where``, at most ``limit``, in pages of ``chunk_size``.
+
+    Keyset pagination on ``key`` (``position``, or ``aggregate_version`` within one
+    stream): forward, the events after ``after`` and up to ``ceiling``; backward, those
+    before ``after`` (from the end when it is 0).
+    """
+    q = _Sql.get(conn)
+    column = q.c(key)
+    order = "DESC" if backward else "ASC"
+    sql_head = f"FROM {q.table} WHERE "
+    remaining = limit
+    cursor_position = after
+    first = True
+    stream_ids: dict[Any, str] = {}
+    while remaining is None or remaining > 0:
+        page_size = sized.chunk_size if remaining is None else min(remaining, sized.chunk_size)
+        conditions = list(where)
+        page_params = list(params)
+        if backward:
+            if cursor_position > 0 or not first:
+                conditions.append(f"{column} < %s")
+                page_params.append(cursor_position)
+        else:
+            conditions.append(f"{column} > %s")
+            page_params.append(cursor_position)
+        if ceiling is not None:
+            conditions.append(f"{column} <= %s")
+            page_params.append(ceiling)
+        sql = (
+            sql_head
+            + (" AND ".join(conditions) or "1 = 1")
+            + f" ORDER BY {column} {order} LIMIT {int(page_size)}"
+        )
+        rows = fetch_event_rows(conn, q, sql, page_params)
+        for row, event in zip(rows, decoder.events(rows), strict=True):
+            stream_key = (row[5], row[6])
+            stream_id = stream_ids.get(stream_key)
+            if stream_id is None:
+                stream_id = make_stream_id(event.aggregate_id, event.aggregate_type)
+                stream_ids[stream_key] = stream_id
+            try:
+                stored_at = as_utc_datetime(row[12])
+            except SerializationError as exc:
+                raise unreadable_row(row, f"recorded_at: {exc}") from exc
+            yield StoredEvent(
+                event=event,
+                stream_id=stream_id,
+                stream_position=row[7],
+                global_position=row[0],
+                stored_at=stored_at,
+            )
+        if len(rows) < page_size:
+            return
+        first = False
+        last = rows[-1]
+        cursor_position = int(last[0] if key == "position" else last[7])
+        if remaining is not None:
+            remaining -= len(rows)

@@ -11,6 +11,9 @@
   cannot read such events back.
 - W001: the outbox is enabled but there is no bus to publish to.
 - W002: ``EVENTSOURCE_TRACING`` is ``True`` but ``opentelemetry-api`` is not installed.
+- W003: a SQLite database the app writes to lacks ``"transaction_mode": "IMMEDIATE"`` or
+  a busy ``timeout`` in its ``OPTIONS``, so concurrent writers fail with "database is
+  locked" instead of waiting.
 - W020: a projection of ``EVENTSOURCE_PROJECTIONS`` subscribes to an event class it has
   no ``@handles`` method for, so those events are read and skipped.
 """
@@ -20,8 +23,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from django.apps import AppConfig
+from django.apps import AppConfig, apps
 from django.core.checks import CheckMessage, Error, Warning, register
+from django.db import connections, router
 from django.utils.module_loading import import_string
 
 from .conf import conf
@@ -341,4 +345,38 @@ def check_projection_handlers(
                         id="django_eventsource.W020",
                     )
                 )
+    return messages
+
+
+@register()
+def check_sqlite_writers(
+    app_configs: Sequence[AppConfig] | None = None,
+    databases: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> list[CheckMessage]:
+    """W003: a SQLite database of the app's models must make writers wait for the lock.
+
+    Reads the settings of the databases the routers send the app's writes to; it never
+    connects.
+    """
+    from .stores._sqlite import RECOMMENDED_OPTIONS, lock_settings_problem
+
+    models = apps.get_app_config("django_eventsource").get_models()
+    messages: list[CheckMessage] = []
+    for alias in sorted({router.db_for_write(model) for model in models}):
+        wrapper = connections[alias]
+        if wrapper.vendor != "sqlite":
+            continue
+        missing = lock_settings_problem(wrapper.settings_dict.get("OPTIONS") or {})
+        if missing is None:
+            continue
+        messages.append(
+            Warning(
+                f"SQLite database {alias!r} has no {missing} in its OPTIONS: concurrent "
+                "writers (appends, projection runners, relays) can fail with "
+                "'database is locked' instead of waiting for each other.",
+                hint=f"Set DATABASES[{alias!r}]['OPTIONS'] to include {RECOMMENDED_OPTIONS!r}.",
+                id="django_eventsource.W003",
+            )
+        )
     return messages

@@ -101,6 +101,8 @@ class Settings:
     HEALTH_MAX_LAG_EVENTS: Setting[int] = Setting(10_000, int)
     HEALTH_MAX_LAG_SECONDS: Setting[float] = Setting(300.0, float)
     HEALTH_MAX_DEAD_LETTERS: Setting[int] = Setting(0, int)
+    # Show the SQL of reader-blocking sessions in the health view, to active staff users only.
+    HEALTH_SHOW_QUERIES: Setting[bool] = Setting(False, bool)
     # Seconds readers may be held back by an open transaction before it is logged.
     HELD_BACK_WARNING_SECONDS: Setting[float] = Setting(60.0, float)
     # Request header carrying the correlation id (EventMetadataMiddleware).

@@ -25,7 +25,8 @@ class HealthReport:
 
     ``problems`` lists, in words, every threshold that is crossed; ``healthy`` is true
     when there is none. ``readers_held_back`` lists the database sessions whose open
-    transactions keep catch-up readers below ``global_position`` (PostgreSQL only) and
+    transactions keep catch-up readers below ``global_position`` (PostgreSQL only; the
+    start of each one's current ``query`` only when asked for) and
     ``readers_held_back_seconds`` is how long the oldest of them has been open.
     """
 
@@ -70,8 +71,13 @@ def _projection_names() -> list[str]:
     return names
 
 
-def get_health() -> HealthReport:
-    """Collect the current health figures and evaluate the thresholds."""
+def get_health(*, include_queries: bool = False) -> HealthReport:
+    """Collect the current health figures and evaluate the thresholds.
+
+    ``include_queries`` adds the start of each reader-blocking session's current SQL to
+    ``readers_held_back``. Off by default: that text belongs to other sessions and may
+    carry literal values (personal data, tokens).
+    """
     now = timezone.now()
     store = DjangoEventStore()
     global_position = store.get_global_position()
@@ -126,7 +132,10 @@ def get_health() -> HealthReport:
         report.outbox_oldest_pending_seconds = round(oldest_pending.total_seconds(), 3)
 
     for blocker in store.get_reader_blockers():
-        report.readers_held_back.append(asdict(blocker))
+        described = asdict(blocker)
+        if not include_queries:
+            del described["query"]
+        report.readers_held_back.append(described)
         report.readers_held_back_seconds = max(
             report.readers_held_back_seconds, round(blocker.duration_seconds, 3)
         )

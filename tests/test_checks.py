@@ -11,12 +11,14 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
+from django.db import connection
 from django.test import override_settings
 
 from django_eventsource import (
     DeclarativeProjection,
     DomainEvent,
     Projection,
+    checks,
     default_registry,
     handles,
     upcaster,
@@ -26,6 +28,7 @@ from django_eventsource.checks import (
     check_numeric_settings,
     check_projection_handlers,
     check_projections,
+    check_sqlite_writers,
     check_upcasters,
 )
 from tests.testapp import projections as testapp_projections
@@ -46,6 +49,7 @@ def test_the_default_settings_pass_every_check() -> None:
     assert check_numeric_settings() == []
     assert check_event_bus() == []
     assert check_projection_handlers() == []
+    assert check_sqlite_writers() == []
     call_command("check", fail_level="WARNING")
 
 
@@ -167,6 +171,69 @@ def test_an_outbox_without_a_bus_is_w001() -> None:
 @override_settings(EVENTSOURCE_OUTBOX_ENABLED=True, EVENTSOURCE_EVENT_BUS="memory")
 def test_an_outbox_with_a_bus_passes() -> None:
     assert check_numeric_settings() == []
+
+
+# -- W003 SQLite writers ------------------------------------------------------------------
+
+
+class _Database:
+    """What the check reads of a connection: its vendor and settings."""
+
+    def __init__(self, vendor: str, options: dict[str, Any]) -> None:
+        self.vendor = vendor
+        self.settings_dict = {"OPTIONS": options}
+
+
+@pytest.mark.parametrize(
+    ("options", "missing"),
+    [
+        ({}, ["transaction_mode", "timeout"]),
+        ({"timeout": 20}, ["transaction_mode"]),
+        ({"transaction_mode": "DEFERRED", "timeout": 20}, ["transaction_mode"]),
+        ({"transaction_mode": "IMMEDIATE"}, ["timeout"]),
+        ({"transaction_mode": "IMMEDIATE", "timeout": 0}, ["timeout"]),
+    ],
+)
+def test_sqlite_without_immediate_transactions_and_a_busy_timeout_is_w003(
+    monkeypatch: pytest.MonkeyPatch, options: dict[str, Any], missing: list[str]
+) -> None:
+    monkeypatch.setattr(checks, "connections", {"default": _Database("sqlite", options)})
+
+    (message,) = check_sqlite_writers()
+
+    assert message.id == "django_eventsource.W003"
+    assert "'default'" in message.msg and "database is locked" in message.msg
+    assert all(name in message.msg for name in missing)
+    assert "'transaction_mode': 'IMMEDIATE'" in message.hint
+
+
+def test_sqlite_with_immediate_transactions_and_a_busy_timeout_passes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    options = {"transaction_mode": "immediate", "timeout": 5}
+    monkeypatch.setattr(checks, "connections", {"default": _Database("sqlite", options)})
+
+    assert check_sqlite_writers() == []
+
+
+def test_other_databases_are_not_checked_for_sqlite_options(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(checks, "connections", {"default": _Database("postgresql", {})})
+
+    assert check_sqlite_writers() == []
+
+
+def test_manage_py_check_reports_w003_for_the_configured_sqlite_database(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if connection.vendor != "sqlite":
+        pytest.skip("the suite's database is not SQLite")
+    monkeypatch.setitem(connection.settings_dict, "OPTIONS", {})
+
+    call_command("check")  # a warning alone does not fail the default level
+    with pytest.raises(SystemCheckError, match=r"django_eventsource\.W003"):
+        call_command("check", fail_level="WARNING")
 
 
 # -- E004 event bus -----------------------------------------------------------------------

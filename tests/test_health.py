@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from io import StringIO
+from typing import Any
 from uuid import uuid4
 
 import pytest
+from django.core.management import call_command
 from django.db import connection
 from django.test import Client, override_settings
 from django.urls import path
 from django.utils import timezone
 
-from django_eventsource import DjangoCheckpointRepository, views
+from django_eventsource import DjangoCheckpointRepository, DjangoEventStore, views
 from django_eventsource.health import get_health
 from django_eventsource.models import Checkpoint, DeadLetter, EventRecord, OutboxMessage
+from django_eventsource.stores.interface import ReaderBlocker
 
 urlpatterns = [path("health/", views.health)]
 
@@ -227,21 +231,81 @@ def test_health_rejects_other_methods(client: Client) -> None:
 
 @pytest.mark.postgres
 @override_settings(EVENTSOURCE_PROJECTIONS=[])
-def test_health_names_the_transaction_holding_readers_back() -> None:
+def test_health_names_the_transaction_holding_readers_back(client: Client) -> None:
     import psycopg
 
     params = connection.get_connection_params()
     for key in ("cursor_factory", "context", "prepare_threshold"):
         params.pop(key, None)
     with psycopg.connect(**params, application_name="stuck-writer") as writer:
-        writer.execute(f"LOCK TABLE {EventRecord._meta.db_table} IN ROW EXCLUSIVE MODE")
+        writer.execute(
+            f"LOCK TABLE {EventRecord._meta.db_table} IN ROW EXCLUSIVE MODE /* {SECRET} */"
+        )
 
         writer_pid = writer.info.backend_pid
 
         report = get_health()
+        response = client.get("/health/")
 
         writer.rollback()
     (blocker,) = report.readers_held_back
     assert blocker["pid"] == writer_pid
     assert blocker["application_name"] == "stuck-writer"
     assert report.readers_held_back_seconds >= 0
+    assert [b["pid"] for b in response.json()["readers_held_back"]] == [writer_pid]
+    assert SECRET not in response.content.decode()
+
+
+#: A literal value in another session's SQL.
+SECRET = "card 4111-1111-1111-1111"
+
+
+@pytest.fixture
+def blocking_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session holding readers back, whatever the database (SQLite has none of its own)."""
+    blocker = ReaderBlocker(
+        pid=4242,
+        xact_start=None,
+        duration_seconds=90.0,
+        state="idle in transaction",
+        application_name="billing",
+        query=f"UPDATE payment SET note = '{SECRET}'",
+    )
+    monkeypatch.setattr(DjangoEventStore, "get_reader_blockers", lambda self: [blocker])
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[])
+def test_the_health_view_shows_no_sql_of_blocking_sessions_by_default(
+    client: Client, admin_client: Client, blocking_session: None
+) -> None:
+    for caller in (client, admin_client):
+        response = caller.get("/health/")
+
+        (blocker,) = response.json()["readers_held_back"]
+        assert blocker["pid"] == 4242
+        assert blocker["application_name"] == "billing"
+        assert "query" not in blocker
+        assert SECRET not in response.content.decode()
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[], EVENTSOURCE_HEALTH_SHOW_QUERIES=True)
+def test_with_show_queries_on_only_staff_users_see_the_sql_of_blocking_sessions(
+    client: Client, admin_client: Client, django_user_model: Any, blocking_session: None
+) -> None:
+    client.force_login(django_user_model.objects.create_user("clerk", password="x"))
+
+    assert SECRET not in client.get("/health/").content.decode()
+    assert SECRET not in Client().get("/health/").content.decode()
+    (blocker,) = admin_client.get("/health/").json()["readers_held_back"]
+    assert SECRET in blocker["query"]
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[])
+def test_eventsource_status_still_shows_the_sql_of_blocking_sessions(
+    blocking_session: None,
+) -> None:
+    out = StringIO()
+
+    call_command("eventsource_status", stdout=out)
+
+    assert SECRET in out.getvalue()

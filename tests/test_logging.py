@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from decimal import Decimal
+from typing import Any
 from uuid import uuid4
 
 import pytest
+from django.db import OperationalError, connection
 from django.test import override_settings
 
 from django_eventsource import AggregateRepository, DjangoEventStore, DomainEvent
 from django_eventsource.bus.memory import InMemoryEventBus
 from django_eventsource.exceptions import EventBusError
+from django_eventsource.models import DeadLetter
 from django_eventsource.outbox.relay import publish_outbox
+from django_eventsource.projections.django_dead_letters import DjangoDLQRepository
 from django_eventsource.projections.runner import run_projections
 from tests.testapp import projections
 from tests.testapp.domain import Account
@@ -75,13 +80,16 @@ def test_each_projection_batch_logs_one_line_with_its_positions(
     EVENTSOURCE_RETRY_BACKOFF=0,
 )
 def test_each_retry_and_the_dead_letter_log_the_event_id_and_position(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Any,
 ) -> None:
     monkeypatch.setattr(projections, "POISON_AMOUNTS", {Decimal(1)})
     account = _save_account(deposits=1)
     caplog.set_level(logging.INFO, logger="django_eventsource")
 
-    run_projections(once=True)
+    with django_capture_on_commit_callbacks(execute=True):
+        run_projections(once=True)
 
     deposit = DjangoEventStore().get_events(account.aggregate_id, "Account").events[-1]
     retries = _records(caplog, logging.WARNING)
@@ -93,6 +101,69 @@ def test_each_retry_and_the_dead_letter_log_the_event_id_and_position(
     assert extra["projection"] == "FlakyLedgerProjection"
     assert extra["attempts"] == 3
     assert isinstance(extra["position"], int) and extra["position"] > 0
+
+
+def _fail_the_dead_letter_commit(monkeypatch: pytest.MonkeyPatch, stop: threading.Event) -> None:
+    """Make the commit of the batch that wrote a dead letter fail, as when the database
+    goes away at COMMIT, and ask the runner to stop afterwards."""
+    real_commit = connection.commit
+
+    def commit() -> None:
+        if DeadLetter.objects.exists():  # written by this batch, not committed yet
+            stop.set()
+            raise OperationalError("server closed the connection unexpectedly")
+        real_commit()
+
+    monkeypatch.setattr(connection, "commit", commit)
+
+
+def _fail_the_dead_letter_write(monkeypatch: pytest.MonkeyPatch, stop: threading.Event) -> None:
+    """Make writing the dead letter fail, as when the database goes away mid-batch."""
+
+    def add_failed_event(self: DjangoDLQRepository, *args: Any, **kwargs: Any) -> int:
+        stop.set()
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(DjangoDLQRepository, "add_failed_event", add_failed_event)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "failure",
+    [_fail_the_dead_letter_commit, _fail_the_dead_letter_write],
+    ids=["commit-fails", "dead-letter-write-fails"],
+)
+@override_settings(
+    EVENTSOURCE_PROJECTIONS=[projections.FLAKY],
+    EVENTSOURCE_MAX_RETRIES=1,
+    EVENTSOURCE_RETRY_BACKOFF=0,
+)
+def test_a_dead_letter_rolled_back_with_its_batch_is_not_logged_as_dead_lettered(
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: Callable[[pytest.MonkeyPatch, threading.Event], None],
+) -> None:
+    monkeypatch.setattr(projections, "POISON_AMOUNTS", {Decimal(1)})
+    _save_account(deposits=1)
+    caplog.set_level(logging.INFO, logger="django_eventsource")
+    stop = threading.Event()
+    failure(monkeypatch, stop)
+
+    run_projections(stop_event=stop, poll_interval=0)
+
+    assert not DeadLetter.objects.exists()
+    assert _records(caplog, logging.ERROR) == []
+    (outage,) = _records(caplog, logging.WARNING)[-1:]
+    assert "rolled back and will be retried" in outage.getMessage()
+
+    monkeypatch.undo()
+    monkeypatch.setattr(projections, "POISON_AMOUNTS", {Decimal(1)})
+    caplog.clear()
+    run_projections(once=True)
+
+    assert DeadLetter.objects.count() == 1
+    (dead_letter,) = _records(caplog, logging.ERROR)
+    assert "dead-lettered" in dead_letter.getMessage()
 
 
 @override_settings(EVENTSOURCE_OUTBOX_RETRY_BACKOFF=0, EVENTSOURCE_OUTBOX_RETRY_BACKOFF_MAX=0)

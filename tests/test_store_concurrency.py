@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 import threading
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from decimal import Decimal
 from uuid import UUID, uuid4
 
 import pytest
-from django.db import connections, transaction
+from django.db import OperationalError, connections, transaction
 from django.test import override_settings
 
 from django_eventsource import (
@@ -19,6 +21,7 @@ from django_eventsource import (
     OptimisticLockError,
     ReadOptions,
 )
+from django_eventsource.stores import _sqlite
 from django_eventsource.stores.django import DjangoEventStore
 from tests.testapp.domain import Account, AccountOpened, MoneyDeposited
 
@@ -291,3 +294,89 @@ def test_reading_up_to_an_open_transaction_walks_the_gap_scan_window_in_steps() 
         slow.end()
 
     assert read == list(range(last - 4, last + 1))
+
+
+# -- SQLite: appends that find the database locked ---------------------------------------
+
+
+@pytest.fixture
+def sqlite_lock_holder() -> Iterator[sqlite3.Connection]:
+    """A second connection holding SQLite's write lock; the store's waits only 50 ms for it."""
+    conn = connections["default"]
+    if conn.vendor != "sqlite":
+        pytest.skip("SQLite's single writer lock")
+    conn.ensure_connection()
+    with conn.cursor() as cursor:
+        cursor.execute("PRAGMA busy_timeout = 50")
+    holder = sqlite3.connect(conn.settings_dict["NAME"], isolation_level=None, timeout=0)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        yield holder
+    finally:
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()
+        conn.close()  # the next test connects with the configured timeout again
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_append_outlasting_the_busy_timeout_is_retried_until_the_lock_is_free(
+    sqlite_lock_holder: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waits: list[float] = []
+
+    def other_writer_commits_while_we_wait(seconds: float) -> None:
+        waits.append(seconds)
+        sqlite_lock_holder.execute("COMMIT")
+
+    monkeypatch.setattr(_sqlite, "sleep", other_writer_commits_while_we_wait)
+    store = DjangoEventStore()
+    account = uuid4()
+
+    result = store.append_events(account, "Account", [opened(account)], 0)
+
+    assert (result.success, result.new_version) == (True, 1)
+    assert len(waits) == 1
+    assert store.get_stream_version(account, "Account") == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_locked_append_gives_up_once_its_retry_time_is_spent(
+    sqlite_lock_holder: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_sqlite, "sleep", lambda seconds: None)
+    store = DjangoEventStore()
+    store.sqlite_lock_retry_seconds = 0.2
+    account = uuid4()
+
+    with pytest.raises(OperationalError, match="database is locked"):
+        store.append_events(account, "Account", [opened(account)], 0)
+
+    sqlite_lock_holder.execute("ROLLBACK")
+    assert store.get_stream_version(account, "Account") == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_locked_append_is_retried_only_when_it_owns_the_transaction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    attempts: list[UUID] = []
+
+    def locked(self: DjangoEventStore, alias: str, agg_id: UUID, *args: object) -> None:
+        attempts.append(agg_id)
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(DjangoEventStore, "_append", locked)
+    monkeypatch.setattr(_sqlite, "sleep", lambda seconds: None)
+    store = DjangoEventStore()
+    store.sqlite_lock_retry_seconds = 0.05
+    inside, alone = uuid4(), uuid4()
+
+    with pytest.raises(OperationalError), transaction.atomic():
+        store.append_events(inside, "Account", [opened(inside)], 0)
+    with pytest.raises(OperationalError):
+        store.append_events(alone, "Account", [opened(alone)], 0)
+
+    assert attempts.count(inside) == 1  # the caller's transaction is the caller's to retry
+    on_sqlite = connections["default"].vendor == "sqlite"
+    assert (attempts.count(alone) > 1) is on_sqlite

@@ -27,6 +27,7 @@ from django_eventsource import (
 from django_eventsource.exceptions import (
     DuplicateEventIdError,
     InvalidEventError,
+    InvalidReadOptionsError,
     SerializationError,
 )
 from django_eventsource.models import EventRecord, OutboxMessage
@@ -198,6 +199,99 @@ def test_bad_input_raises_a_typed_error_and_writes_nothing(
         call(store, uuid4())
     assert EventRecord.objects.count() == 0
     assert OutboxMessage.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"owner": "a\x00b"},
+        {"owner": "lone \ud800 high surrogate"},
+        {"owner": "lone \udc00 low surrogate"},
+        {"owner": "\\ then a lone \ud800"},
+        {"owner": "x", "metadata": {"key\x00": 1}},
+        {"owner": "x", "metadata": {"ratio": float("nan")}},
+        {"owner": "x", "metadata": {"id": uuid4()}},
+        {"owner": "x", "actor_id": "user\x00"},
+        {"owner": "x", "actor_id": "user\udfff"},
+        {"owner": "x", "event_version": 2**31},
+    ],
+    ids=[
+        "nul",
+        "high-surrogate",
+        "low-surrogate",
+        "surrogate-after-backslash",
+        "metadata-nul",
+        "metadata-nan",
+        "metadata-not-json",
+        "actor-nul",
+        "actor-surrogate",
+        "event-version-past-int32",
+    ],
+)
+def test_values_some_database_cannot_store_raise_invalid_event_error_naming_the_event(
+    fields: dict[str, Any],
+) -> None:
+    store = DjangoEventStore(outbox_enabled=True)
+    account = uuid4()
+    event = AccountOpened(aggregate_id=account, **fields)
+
+    with pytest.raises(InvalidEventError, match=f"Event {event.event_id} .* cannot be stored"):
+        store.append_events(account, "Account", [event], 0)
+
+    assert EventRecord.objects.count() == 0
+    assert OutboxMessage.objects.count() == 0
+
+
+def test_an_aggregate_type_with_a_nul_character_is_refused_before_any_query() -> None:
+    account = uuid4()
+    event = AccountOpened(aggregate_id=account, aggregate_type="Acc\x00ount", owner="x")
+
+    with pytest.raises(InvalidEventError, match="aggregate_type contains a NUL"):
+        DjangoEventStore().append_events(account, "Acc\x00ount", [event], 0)
+
+    assert EventRecord.objects.count() == 0
+
+
+def test_text_every_database_stores_alike_is_kept_exactly(store: DjangoEventStore) -> None:
+    # Escapes that only look like NUL or a surrogate, and characters stored as pairs.
+    owner = "literal \\u0000 and \\ud800, é, 😀, \\\n"
+    account = uuid4()
+    store.append_events(account, "Account", [AccountOpened(aggregate_id=account, owner=owner)], 0)
+
+    (event,) = store.get_events(account, "Account").events
+
+    assert isinstance(event, AccountOpened) and event.owner == owner
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda s: list(s.read_all(ReadOptions(from_position=2**63))),
+        lambda s: list(
+            s.read_all(ReadOptions(direction=ReadDirection.BACKWARD, from_position=2**63))
+        ),
+        lambda s: list(s.read_stream(f"{uuid4()}:Account", ReadOptions(from_position=2**63))),
+        lambda s: s.get_events(uuid4(), "Account", from_version=2**63),
+        lambda s: s.first_raw_event_after(2**63),
+    ],
+    ids=["read-all", "read-all-backward", "read-stream", "get-events", "first-raw-event"],
+)
+def test_positions_past_64_bits_raise_invalid_read_options_error(
+    store: DjangoEventStore, read: Callable[[DjangoEventStore], Any]
+) -> None:
+    with pytest.raises(InvalidReadOptionsError, match="9223372036854775807"):
+        read(store)
+
+
+def test_the_largest_64_bit_position_reads_nothing(store: DjangoEventStore) -> None:
+    account = uuid4()
+    store.append_events(account, "Account", history(account, 2), 0)
+    last = 2**63 - 1
+
+    assert list(store.read_all(ReadOptions(from_position=last))) == []
+    assert list(store.read_stream(f"{account}:Account", ReadOptions(from_position=last))) == []
+    assert store.get_events(account, "Account", from_version=last).events == []
+    assert len(list(store.read_all(ReadOptions(direction="backward", from_position=last)))) == 2
 
 
 def test_reading_an_unregistered_event_type_names_it_and_the_registered_ones() -> None:

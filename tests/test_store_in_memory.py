@@ -249,6 +249,14 @@ def test_the_same_event_twice_in_one_append_is_refused(store: InMemoryEventStore
     assert store.get_global_position() == 0
 
 
+def test_text_the_django_store_refuses_is_refused_here_too(store: InMemoryEventStore) -> None:
+    opened = AccountOpenedFactory(owner="a\x00b")
+
+    with pytest.raises(InvalidEventError, match="NUL"):
+        store.append_events(opened.aggregate_id, ACCOUNT, [opened], 0)
+    assert store.get_global_position() == 0
+
+
 # -- reading one aggregate ----------------------------------------------------------------
 
 
@@ -338,6 +346,7 @@ def test_naive_timestamps_are_refused_with_a_clear_error(store: InMemoryEventSto
         ({"limit": -1}, "limit"),
         ({"limit": True}, "limit"),
         ({"from_position": -5}, "from_position"),
+        ({"from_position": 2**63}, "from_position"),
         ({"direction": "sideways"}, "direction"),
         ({"tenant_id": "tenant-1"}, "tenant_id"),
     ],

@@ -21,7 +21,7 @@ from django_eventsource import (
     ReadOptions,
 )
 from django_eventsource.aggregates.snapshots import SnapshotStore
-from django_eventsource.exceptions import InvalidEventError
+from django_eventsource.exceptions import InvalidEventError, OptimisticLockError
 from tests.testapp.domain import Account, MoneyDeposited
 
 TENANT_A = UUID("aaaaaaaa-0000-4000-8000-000000000001")
@@ -88,6 +88,68 @@ def test_a_tenant_sees_its_own_aggregate(store: EventStore) -> None:
     assert repo_a.exists(a_account) is True
     assert repo_a.get_version(a_account) == 4
     assert repo_a.load(a_account).state.balance == Decimal("30")
+
+
+def _save_failure(repo: AggregateRepository[Account], account: Account) -> OptimisticLockError:
+    with pytest.raises(OptimisticLockError) as excinfo:
+        repo.save(account)
+    return excinfo.value
+
+
+def _deposit_at_version_1(repo: AggregateRepository[Account], account_id: UUID) -> Account:
+    """An account this repository believes is open (version 1), with a new deposit."""
+    account = repo.create_new(account_id)
+    account.open("eve")
+    account.mark_events_as_committed()
+    account.deposit(Decimal("1"))
+    return account
+
+
+def test_creating_an_aggregate_under_another_tenants_id_tells_nothing_about_it(
+    store: EventStore,
+) -> None:
+    b_account = _open_account(_repo(store, TENANT_B), "bob", deposits=2)
+    repo_a = _repo(store, TENANT_A)
+    account = repo_a.load_or_create(b_account)  # not found for A: a new aggregate
+    account.open("ada")
+
+    error = _save_failure(repo_a, account)
+
+    assert (error.expected_version, error.actual_version) == (0, 0)
+    assert str(error) == str(OptimisticLockError(b_account, 0, 0))
+    assert error.__context__ is None and error.__cause__ is None
+    assert _repo(store, TENANT_B).get_version(b_account) == 3
+
+
+def test_saving_to_another_tenants_aggregate_fails_as_for_an_id_nobody_uses(
+    store: EventStore,
+) -> None:
+    b_account = _open_account(_repo(store, TENANT_B), "bob", deposits=2)
+    unknown = uuid4()
+    repo_a = _repo(store, TENANT_A)
+
+    for_unknown = _save_failure(repo_a, _deposit_at_version_1(repo_a, unknown))
+    for_b = _save_failure(repo_a, _deposit_at_version_1(repo_a, b_account))
+
+    assert type(for_b) is type(for_unknown)
+    assert str(for_b) == str(for_unknown).replace(str(unknown), str(b_account))
+    assert (for_b.expected_version, for_b.actual_version) == (1, 0)
+    assert _repo(store, TENANT_B).get_version(b_account) == 3
+
+
+def test_a_conflict_inside_the_tenants_own_aggregate_still_reports_its_version(
+    store: EventStore,
+) -> None:
+    repo_a = _repo(store, TENANT_A)
+    a_account = _open_account(repo_a, "ada", deposits=2)
+    first, second = repo_a.load(a_account), repo_a.load(a_account)
+    first.deposit(Decimal("1"))
+    repo_a.save(first)
+    second.deposit(Decimal("2"))
+
+    error = _save_failure(repo_a, second)
+
+    assert (error.expected_version, error.actual_version) == (3, 4)
 
 
 def test_another_tenants_snapshot_is_not_found_either(

@@ -170,7 +170,10 @@ class AggregateRepository(Generic[TAggregate]):
     def save(self, aggregate: TAggregate) -> AppendResult | None:
         """Append the aggregate's uncommitted events; returns ``None`` when there were none.
 
-        Raises ``OptimisticLockError`` when the aggregate was changed concurrently.
+        Raises ``OptimisticLockError`` when the aggregate was changed concurrently. A
+        repository bound to a tenant reports an aggregate id taken by another tenant as a
+        stream at version 0, as it would for an id nobody uses: the error tells nothing
+        of the other tenant's aggregate.
         """
         pending = aggregate.uncommitted_events
         if not pending:
@@ -186,6 +189,7 @@ class AggregateRepository(Generic[TAggregate]):
             "event_count": len(pending),
             "new_version": aggregate.version,
         }
+        hidden: OptimisticLockError | None = None
         with tracing.span("eventsource.save", attributes):
             # The save span's context goes into the events: their consumers join this trace.
             trace_context = tracing.current_trace_context()
@@ -200,19 +204,30 @@ class AggregateRepository(Generic[TAggregate]):
             # transaction is only needed when a snapshot must commit with them. Opening
             # one anyway would make the append's own atomic block a savepoint: two more
             # round trips.
-            with store.atomic() if snapshot_due else contextlib.nullcontext():
-                result = store.append_events(
-                    aggregate.aggregate_id, self.aggregate_type, events, expected_version
-                )
-                if not result.success:
-                    raise OptimisticLockError(
-                        aggregate.aggregate_id, expected_version, result.new_version
+            try:
+                with store.atomic() if snapshot_due else contextlib.nullcontext():
+                    result = store.append_events(
+                        aggregate.aggregate_id, self.aggregate_type, events, expected_version
                     )
-                if snapshot_due and snapshot_store is not None:
-                    self._save_snapshot(snapshot_store, aggregate, events[-1].tenant_id)
-                if self.event_publisher is not None:
-                    publisher = self.event_publisher
-                    store.on_commit(lambda: self._publish(publisher, events))
+                    if not result.success:
+                        raise OptimisticLockError(
+                            aggregate.aggregate_id, expected_version, result.new_version
+                        )
+                    if snapshot_due and snapshot_store is not None:
+                        self._save_snapshot(snapshot_store, aggregate, events[-1].tenant_id)
+                    if self.event_publisher is not None:
+                        publisher = self.event_publisher
+                        store.on_commit(lambda: self._publish(publisher, events))
+            except OptimisticLockError as exc:
+                if self.tenant_id is None or exc.actual_version == 0:
+                    raise
+                if self.get_version(aggregate.aggregate_id) > 0:
+                    raise  # a conflict inside this tenant's own stream
+                hidden = OptimisticLockError(exc.aggregate_id, exc.expected_version, 0)
+            if hidden is not None:
+                # Raised outside the handler, so that the store's error, which carries the
+                # other tenant's version, is not chained to it.
+                raise hidden
         aggregate.mark_events_as_committed()
         return result
 

@@ -243,10 +243,29 @@ def _apply_in_one_savepoint(
     return True
 
 
+def _log_once_committed(using: str, message: str, *args: Any, extra: dict[str, Any]) -> None:
+    """Log ``message`` at ERROR once the batch's transaction has committed.
+
+    A dead letter exists only then: when the batch rolls back instead (the database went
+    away, the commit failed), nothing was dead-lettered and the runner retries the batch.
+    """
+    transaction.on_commit(lambda: logger.error(message, *args, extra=extra), using=using)
+
+
 def _record_dead_letter(
     ctx: BatchContext, name: str, stored: StoredEvent, error: BaseException, attempts: int
 ) -> None:
-    logger.error(
+    ctx.dead_letters.add_failed_event(
+        event_id=stored.event_id,
+        projection_name=name,
+        event_type=stored.event_type,
+        event_data=stored.event.to_dict(),
+        error=error,
+        retry_count=attempts,
+        global_position=stored.global_position,
+    )
+    _log_once_committed(
+        ctx.using,
         "Projection %s dead-lettered event %s (%s) at position %d after %d attempts: %s",
         name,
         stored.event_id,
@@ -262,15 +281,6 @@ def _record_dead_letter(
             "attempts": attempts,
         },
     )
-    ctx.dead_letters.add_failed_event(
-        event_id=stored.event_id,
-        projection_name=name,
-        event_type=stored.event_type,
-        event_data=stored.event.to_dict(),
-        error=error,
-        retry_count=attempts,
-        global_position=stored.global_position,
-    )
 
 
 def _handle_unreadable(
@@ -278,8 +288,9 @@ def _handle_unreadable(
 ) -> tuple[tuple[int, UUID, str], int]:
     """Deal with the first stored event after ``after``, which could not be deserialized.
 
-    A payload that no longer validates is dead-lettered with its raw row and skipped, so
-    one bad event never stalls the projection. An unregistered event type is skipped
+    A row the store cannot rebuild (a payload that no longer validates, one that is not
+    a JSON object, an unreadable id or timestamp) is dead-lettered with its raw values
+    and skipped, so one bad event never stalls the projection. An unregistered event type is skipped
     when the projection subscribes to named classes (it cannot be one of them);
     otherwise it is a configuration error (the module defining the event was not
     imported) and is raised. Returns ``((position, event_id, event_type), dead_lettered)``.
@@ -289,29 +300,36 @@ def _handle_unreadable(
     row = ctx.store.first_raw_event_after(after)
     if row is None:
         raise error
-    found = (int(row["position"]), row["event_id"], str(row["event_type"]))
+    position = int(row["position"])
+    event_id = row["event_id"]
+    if not isinstance(event_id, UUID):
+        # Dead letters and checkpoints need a UUID. One with the position as its number
+        # is stable and never collides with a generated id (it has no version bits).
+        event_id = UUID(int=position)
+    found = (position, event_id, str(row["event_type"]))
     if isinstance(error, EventTypeNotFoundError):
         wanted = {cls.event_type_name() for cls in projection.subscribed_to()}
         if wanted and found[2] not in wanted:
             return found, 0
         raise error
     raw = {key: str(value) if key.endswith("_id") else value for key, value in row.items()}
-    logger.error(
-        "Projection %s dead-lettered unreadable event %s at position %d: %s",
-        projection.name,
-        row["event_id"],
-        row["position"],
-        error,
-        extra={"projection": projection.name, "position": row["position"]},
-    )
     ctx.dead_letters.add_failed_event(
-        event_id=row["event_id"],
+        event_id=event_id,
         projection_name=projection.name,
         event_type=row["event_type"],
         event_data=raw,
         error=error,
         retry_count=0,
         global_position=row["position"],
+    )
+    _log_once_committed(
+        ctx.using,
+        "Projection %s dead-lettered unreadable event %s at position %d: %s",
+        projection.name,
+        row["event_id"],
+        row["position"],
+        error,
+        extra={"projection": projection.name, "position": row["position"]},
     )
     return found, 1
 

@@ -205,8 +205,11 @@ def run_projections(
                 # Jittered, so runners that lost the same database do not all come back
                 # at once; the ceiling doubles from twice the poll interval up to 30 s.
                 delay = full_jitter_delay(failures, base=2 * max(interval, 0.1), cap=30.0)
+                # Said plainly: a batch cut short rolled back whole, its dead letters too,
+                # and is done again from its checkpoint.
                 logger.warning(
-                    "Database unavailable (%s); retrying in %.1fs",
+                    "Database unavailable (%s); the batch in progress, if any, was rolled "
+                    "back and will be retried in %.1fs",
                     exc,
                     delay,
                     extra={"attempt": failures},

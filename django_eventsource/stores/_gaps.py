@@ -19,9 +19,9 @@ from typing import Any
 from django.db import connections
 
 from ..conf import conf
-from ..models import EventRecord
 from .interface import ReaderBlocker
-from .sql import _Sql, as_utc_datetime
+from .rows import raw_event_values
+from .sql import _RAW_COLUMNS, _Sql, as_utc_datetime
 
 logger = logging.getLogger("django_eventsource")
 
@@ -139,23 +139,23 @@ class GapTracker:
 
     @staticmethod
     def first_row_after(alias: str, position: int, *, ceiling: int) -> Mapping[str, Any] | None:
-        """The raw row of the first event in ``(position, ceiling]``, not deserialized."""
-        return (
-            EventRecord.objects.using(alias)
-            .filter(position__gt=position, position__lte=ceiling)
-            .order_by("position")
-            .values(
-                "position",
-                "event_id",
-                "event_type",
-                "event_version",
-                "aggregate_id",
-                "aggregate_type",
-                "aggregate_version",
-                "payload",
+        """The raw row of the first event in ``(position, ceiling]``, not deserialized.
+
+        Ids that are not UUIDs and a payload that is not JSON come back as stored.
+        """
+        conn = connections[alias]
+        q = _Sql.get(conn)
+        pos = q.c("position")
+        with conn.cursor() as cursor:
+            # A raw cursor, not the ORM: its converters would fail on the very values
+            # that make the row unreadable.
+            cursor.execute(
+                f"SELECT {q.cols(*_RAW_COLUMNS)} FROM {q.table} "
+                f"WHERE {pos} > %s AND {pos} <= %s ORDER BY {pos} LIMIT 1",
+                [position, ceiling],
             )
-            .first()
-        )
+            found = cursor.fetchone()
+        return None if found is None else raw_event_values(found)
 
     def _state(self, alias: str) -> _GapState:
         with self._states_lock:

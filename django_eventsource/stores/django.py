@@ -31,6 +31,7 @@ from ..events.serialization import outbox_row_values
 from ..exceptions import OptimisticLockError
 from ..models import EventRecord, OutboxMessage
 from ._gaps import GapTracker
+from ._sqlite import retry_while_locked
 from .interface import (
     AppendResult,
     EventStore,
@@ -43,8 +44,14 @@ from .interface import (
 )
 from .reads import option_filters, paged, time_filters
 from .rows import RowDecoder
-from .sql import _Sql, fast_read_cursor
-from .validation import check_existing_ids, check_versions, coerce_uuid, validate_append
+from .sql import _Sql, fetch_event_rows
+from .validation import (
+    check_existing_ids,
+    check_position,
+    check_versions,
+    coerce_uuid,
+    validate_append,
+)
 from .writes import NOTIFY_CHANNEL, insert_events, read_stream_state
 
 
@@ -61,6 +68,9 @@ class DjangoEventStore(EventStore):
     chunk_size: int = 1000
     #: Positions examined per gap scan while a writer holds readers back (PostgreSQL).
     gap_scan_window: int = 10_000
+    #: Seconds an append that owns its transaction is retried while SQLite reports
+    #: "database is locked" (each attempt also waits the connection's ``timeout``).
+    sqlite_lock_retry_seconds: float = 30.0
 
     def __init__(
         self,
@@ -117,10 +127,9 @@ class DjangoEventStore(EventStore):
         attributes = {"aggregate_type": aggregate_type, "event_count": len(event_list)}
         try:
             with tracing.span("eventsource.append", attributes) as current:
-                with transaction.atomic(using=alias):
-                    result = self._append(
-                        alias, agg_id, aggregate_type, event_list, expected_version
-                    )
+                result = self._append_atomically(
+                    alias, agg_id, aggregate_type, event_list, expected_version
+                )
                 tracing.set_attributes(
                     current, new_version=result.new_version, global_position=result.global_position
                 )
@@ -134,6 +143,30 @@ class DjangoEventStore(EventStore):
             if resolved is None:
                 raise
             return resolved
+
+    def _append_atomically(
+        self,
+        alias: str,
+        agg_id: UUID,
+        aggregate_type: str,
+        events: list[DomainEvent],
+        expected_version: int,
+    ) -> AppendResult:
+        """``_append`` in ``transaction.atomic``; on SQLite retried while the database is locked.
+
+        Only when the append owns the transaction: inside the caller's ``atomic`` block
+        the failed statement belongs to the caller's transaction, which must roll back
+        as a whole, so the error reaches the caller.
+        """
+
+        def attempt() -> AppendResult:
+            with transaction.atomic(using=alias):
+                return self._append(alias, agg_id, aggregate_type, events, expected_version)
+
+        conn = connections[alias]
+        if conn.vendor != "sqlite" or conn.in_atomic_block:
+            return attempt()
+        return retry_while_locked(attempt, self.sqlite_lock_retry_seconds)
 
     def _append(
         self,
@@ -228,6 +261,7 @@ class DjangoEventStore(EventStore):
         to_timestamp: datetime | None = None,
     ) -> EventStream:
         agg_id = coerce_uuid(aggregate_id, "aggregate_id")
+        check_position(from_version, "from_version")
         conn = connections[self.db_for_read()]
         q = _Sql.get(conn)
         where = [f"{q.c('aggregate_id')} = %s", f"{q.c('aggregate_version')} > %s"]
@@ -239,13 +273,9 @@ class DjangoEventStore(EventStore):
         else:
             order = f"{q.c('position')}"
         time_filters(q, where, params, from_timestamp, to_timestamp)
-        with fast_read_cursor(conn) as cursor:
-            cursor.execute(
-                f"SELECT {q.read_columns} FROM {q.table} WHERE {' AND '.join(where)} "
-                f"ORDER BY {order}",
-                params,
-            )
-            rows = cursor.fetchall()
+        rows = fetch_event_rows(
+            conn, q, f"FROM {q.table} WHERE {' AND '.join(where)} ORDER BY {order}", params
+        )
         events = list(self._rows.events(rows))
         return EventStream.of(agg_id, aggregate_type, events, from_version)
 
@@ -394,7 +424,9 @@ class DjangoEventStore(EventStore):
         Its envelope columns and ``payload``, for a reader that must deal with an event
         ``read_all`` cannot turn back into a ``DomainEvent`` (the projection runner
         dead-letters it). Like ``read_all``, it never looks past the safe high-water mark.
+        Ids that are not UUIDs and a payload that is not JSON come back as the stored text.
         """
+        check_position(position, "position")
         return self._gaps.first_row_after(
             self.db_for_read(), position, ceiling=self.safe_high_water_mark()
         )

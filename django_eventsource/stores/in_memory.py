@@ -20,9 +20,11 @@ from .interface import (
 )
 from .validation import (
     check_existing_ids,
+    check_position,
     check_versions,
     coerce_uuid,
     ensure_aware,
+    storable_event_json,
     validate_append,
 )
 
@@ -48,6 +50,8 @@ class InMemoryEventStore(EventStore):
         expected_version: int,
     ) -> AppendResult:
         agg_id, event_list = validate_append(aggregate_id, aggregate_type, events, expected_version)
+        for event in event_list:
+            storable_event_json(event)  # refuse what the Django store refuses
         with self._lock:
             stream = self._streams.get((aggregate_type, agg_id), [])
             current = len(stream)
@@ -91,6 +95,7 @@ class InMemoryEventStore(EventStore):
         to_timestamp: datetime | None = None,
     ) -> EventStream:
         agg_id = coerce_uuid(aggregate_id, "aggregate_id")
+        check_position(from_version, "from_version")
         ensure_aware(from_timestamp, "from_timestamp")
         ensure_aware(to_timestamp, "to_timestamp")
         with self._lock:

@@ -15,6 +15,9 @@ from asgiref.sync import sync_to_async
 
 from ..events.base import DomainEvent
 
+#: The largest global position or stream version: a signed 64-bit integer, as the column.
+MAX_POSITION = 2**63 - 1
+
 
 class ExpectedVersion:
     """Special values for ``append_events(expected_version=...)``.
@@ -63,9 +66,12 @@ class ReadOptions:
             raise InvalidReadOptionsError(
                 f"direction must be 'forward' or 'backward', got {self.direction!r}"
             ) from None
-        if not _is_int(self.from_position) or self.from_position < 0:
+        if not _is_int(self.from_position) or not 0 <= self.from_position <= MAX_POSITION:
+            # Checked here because SQLite cannot even bind a larger int, where PostgreSQL
+            # would compare it.
             raise InvalidReadOptionsError(
-                f"from_position must be an integer >= 0, got {self.from_position!r}"
+                f"from_position must be an integer from 0 to {MAX_POSITION}, "
+                f"got {self.from_position!r}"
             )
         if self.limit is not None and (not _is_int(self.limit) or self.limit < 0):
             raise InvalidReadOptionsError(

@@ -10,9 +10,10 @@ from typing import Any, Protocol
 
 from django.db.backends.base.base import BaseDatabaseWrapper
 
+from ..exceptions import SerializationError
 from .interface import ReadOptions, StoredEvent, make_stream_id
-from .rows import RowDecoder
-from .sql import _Sql, as_utc_datetime, fast_read_cursor
+from .rows import RowDecoder, unreadable_row
+from .sql import _Sql, as_utc_datetime, fetch_event_rows
 from .validation import coerce_uuid
 
 
@@ -71,7 +72,7 @@ def paged(
     q = _Sql.get(conn)
     column = q.c(key)
     order = "DESC" if backward else "ASC"
-    sql_head = f"SELECT {q.read_columns} FROM {q.table} WHERE "
+    sql_head = f"FROM {q.table} WHERE "
     remaining = limit
     cursor_position = after
     first = True
@@ -95,21 +96,23 @@ def paged(
             + (" AND ".join(conditions) or "1 = 1")
             + f" ORDER BY {column} {order} LIMIT {int(page_size)}"
         )
-        with fast_read_cursor(conn) as cursor:
-            cursor.execute(sql, page_params)
-            rows = cursor.fetchall()
+        rows = fetch_event_rows(conn, q, sql, page_params)
         for row, event in zip(rows, decoder.events(rows), strict=True):
             stream_key = (row[5], row[6])
             stream_id = stream_ids.get(stream_key)
             if stream_id is None:
                 stream_id = make_stream_id(event.aggregate_id, event.aggregate_type)
                 stream_ids[stream_key] = stream_id
+            try:
+                stored_at = as_utc_datetime(row[12])
+            except SerializationError as exc:
+                raise unreadable_row(row, f"recorded_at: {exc}") from exc
             yield StoredEvent(
                 event=event,
                 stream_id=stream_id,
                 stream_position=row[7],
                 global_position=row[0],
-                stored_at=as_utc_datetime(row[12]),
+                stored_at=stored_at,
             )
         if len(rows) < page_size:
             return

@@ -1,13 +1,16 @@
 """Rebuilding ``DomainEvent``s from the event table's rows (of ``_READ_COLUMNS``).
 
 Rows are validated straight into their event classes; only unknown event types and old
-schema versions go through ``EventRegistry.deserialize`` (and its upcasters).
+schema versions go through ``EventRegistry.deserialize`` (and its upcasters). A row that
+cannot become its event raises a ``SerializationError`` naming its event id and position,
+and ``raw_event_values`` hands such a row over as stored.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,8 +18,67 @@ from pydantic import ValidationError
 
 from ..events.base import DomainEvent
 from ..events.registry import EventRegistry
-from ..exceptions import SerializationError
-from .sql import _ENVELOPE_KEYS, _document
+from ..exceptions import EventSourceError, SerializationError
+from .sql import _ENVELOPE_KEYS, _RAW_COLUMNS, _READ_COLUMNS, _as_uuid, _document
+
+
+def unreadable_row(row: Sequence[Any], reason: object) -> SerializationError:
+    """The error for a stored event row (of ``_READ_COLUMNS``) that cannot be rebuilt."""
+    try:
+        event_id: object = _as_uuid(row[1])
+    except ValueError:
+        event_id = repr(row[1])
+    return SerializationError(
+        f"Stored event {event_id} at position {row[0]} (type {row[2]!r}) cannot be read: {reason}",
+        event_type=row[2] if isinstance(row[2], str) else None,
+    )
+
+
+#: What JSON calls the values ``json.loads`` returns, for messages.
+_JSON_TYPE_NAMES = {
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+}
+
+
+def json_object(row: Sequence[Any], index: int) -> dict[str, Any]:
+    """Column ``index`` of a stored event row as a dict: decoded JSON text, or a copy.
+
+    Anything but a JSON object (malformed text, an array, ``null``…) raises a
+    ``SerializationError`` naming the row, not an error from deep inside the rebuild.
+    """
+    value = row[index]
+    if isinstance(value, str | bytes):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise unreadable_row(row, f"{_READ_COLUMNS[index]} is not valid JSON ({exc})") from exc
+        if type(value) is dict:
+            return value
+    elif isinstance(value, Mapping):
+        return dict(value)
+    kind = "null" if value is None else _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+    raise unreadable_row(row, f"{_READ_COLUMNS[index]} is {kind}, not a JSON object")
+
+
+def raw_event_values(values: Sequence[Any]) -> dict[str, Any]:
+    """A raw row of ``_RAW_COLUMNS`` by name, ids as UUIDs and the payload decoded where
+    they can be.
+
+    Whatever cannot be converted is kept as stored, so the row can still be shown and
+    dead-lettered.
+    """
+    row = dict(zip(_RAW_COLUMNS, values, strict=True))
+    for key in ("event_id", "aggregate_id"):
+        with contextlib.suppress(ValueError):
+            row[key] = _as_uuid(row[key])
+    if isinstance(row["payload"], str | bytes):
+        with contextlib.suppress(ValueError):
+            row["payload"] = json.loads(row["payload"])
+    return row
 
 
 class RowDecoder:
@@ -36,21 +98,29 @@ class RowDecoder:
         # that take the full path. Per call, so a class registered later is seen.
         validators: dict[tuple[str, int], Callable[[str], Any] | None] = {}
         for row in rows:
-            version_key = (row[2], row[3])
             try:
-                validate = validators[version_key]
-            except KeyError:
-                validate = validators[version_key] = self._json_validator(registry, row)
-            if validate is None:
-                yield self.event_from_values(row, registry.get_or_none(row[2]))
-                continue
-            # SQLite returns every column as text: write them into one JSON document
-            # that pydantic-core parses and validates without building Python values
-            # first. A failure is retried on the full path, which explains it.
-            try:
-                event = validate(_document(row))
-            except ValidationError:
-                event = self.event_from_values(row, registry.get_or_none(row[2]))
+                version_key = (row[2], row[3])
+                try:
+                    validate = validators[version_key]
+                except KeyError:
+                    validate = validators[version_key] = self._json_validator(registry, row)
+                if validate is None:
+                    event = self.event_from_values(row, registry.get_or_none(row[2]))
+                else:
+                    # SQLite returns every column as text: write them into one JSON
+                    # document that pydantic-core parses and validates without building
+                    # Python values first. A failure is retried on the full path, which
+                    # explains it.
+                    try:
+                        event = validate(_document(row))
+                    except ValidationError:
+                        event = self.event_from_values(row, registry.get_or_none(row[2]))
+            except EventSourceError:
+                raise
+            except (ArithmeticError, AttributeError, LookupError, TypeError, ValueError) as exc:
+                # A row no check foresaw (text where a number belongs…): still a typed
+                # error naming the row, which the projection runner dead-letters.
+                raise unreadable_row(row, exc) from exc
             yield event
 
     def _json_validator(
@@ -68,22 +138,12 @@ class RowDecoder:
         self, row: Sequence[Any], event_class: type[DomainEvent] | None
     ) -> DomainEvent:
         """The row's event, from its values as the driver returns them."""
-        payload = row[13]
-        data: dict[str, Any] = (
-            json.loads(payload) if isinstance(payload, str | bytes) else dict(payload)
-        )
+        data = json_object(row, 13)
         data.update(zip(_ENVELOPE_KEYS, row[1:12], strict=True))
         occurred_at = row[4]
         if type(occurred_at) is datetime and occurred_at.tzinfo is None:
             data["occurred_at"] = occurred_at.replace(tzinfo=UTC)
-        metadata = row[14]
-        if metadata == "{}":
-            data["metadata"] = {}
-        elif isinstance(metadata, str | bytes):
-            data["metadata"] = json.loads(metadata)
-        else:
-            data["metadata"] = metadata
-        event_type = row[2]
+        data["metadata"] = {} if row[14] == "{}" else json_object(row, 14)
         if event_class is None or row[3] < self._current_version(event_class):
             # Unknown types and old schema versions take the full path: a clear error
             # naming the registered types, or the upcaster chain.
@@ -91,11 +151,8 @@ class RowDecoder:
         try:
             return event_class.model_validate(data)
         except ValidationError as exc:
-            raise SerializationError(
-                f"Stored event {data.get('event_id')} of type {event_type!r} no longer "
-                f"validates as {event_class.__qualname__}: {exc}",
-                event_type=event_type,
-            ) from exc
+            reason = f"it no longer validates as {event_class.__qualname__}: {exc}"
+            raise unreadable_row(row, reason) from exc
 
     def _current_version(self, event_class: type[DomainEvent]) -> int:
         version = self._versions.get(event_class)
@@ -104,4 +161,4 @@ class RowDecoder:
         return version
 
 
-__all__ = ["RowDecoder"]
+__all__ = ["RowDecoder", "json_object", "raw_event_values", "unreadable_row"]

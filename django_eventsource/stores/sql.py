@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from django.db import DataError
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
 from django.utils.dateparse import parse_datetime
@@ -54,6 +55,18 @@ _READ_COLUMNS = (
     "recorded_at",
     "payload",
     "metadata",
+)
+
+#: Columns of the raw row handed over for an event that cannot be rebuilt.
+_RAW_COLUMNS = (
+    "position",
+    "event_id",
+    "event_type",
+    "event_version",
+    "aggregate_id",
+    "aggregate_type",
+    "aggregate_version",
+    "payload",
 )
 
 #: Event fields filled from ``_READ_COLUMNS[1:12]``.
@@ -105,6 +118,13 @@ class _Sql:
                 index = _READ_COLUMNS.index(name)
                 read[index] = f"({read[index]} || '+00:00')"
         self.read_columns = ", ".join(read)
+        if self.is_postgres:
+            # ISO text that ``datetime.fromisoformat`` and pydantic parse, for the rare
+            # page holding a timestamp the driver cannot turn into a datetime.
+            for name in ("occurred_at", "recorded_at"):
+                index = _READ_COLUMNS.index(name)
+                read[index] = f"(to_json({read[index]}) #>> '{{}}')"
+        self.read_columns_as_text = ", ".join(read)
         self.row_placeholder = "(" + ", ".join(["%s"] * len(_INSERT_COLUMNS)) + ")"
         self.max_params = int(getattr(conn.features, "max_query_params", None) or 65_535)
         ops = conn.ops
@@ -112,7 +132,12 @@ class _Sql:
             _identity if conn.features.has_native_uuid_field else _uuid_hex
         )
         self.datetime_to_db: Callable[[datetime], Any] = ops.adapt_datetimefield_value
-        self.json_to_db: Callable[[Any], Any] = lambda value: ops.adapt_json_value(value, None)
+        # JSON text from ``storable_event_json``, written as Django's adapter writes it.
+        self.json_text_to_db: Callable[[str], Any] = _identity_text
+        if self.is_postgres:
+            from psycopg.types.json import Jsonb
+
+            self.json_text_to_db = lambda text: Jsonb(text, dumps=_identity_text)
         self.blockers_sql = (
             "(SELECT COALESCE(json_agg(json_build_array(l.virtualtransaction, a.pid, "
             "a.xact_start, EXTRACT(EPOCH FROM clock_timestamp() - a.xact_start), a.state, "
@@ -142,8 +167,34 @@ class _Sql:
         return ", ".join(self._columns[n] for n in names)
 
 
+def fetch_event_rows(
+    conn: BaseDatabaseWrapper, q: _Sql, sql_from: str, params: Sequence[Any]
+) -> list[Any]:
+    """The rows of ``SELECT <the read columns> <sql_from>``.
+
+    psycopg converts a whole page of rows at once, so one timestamp that PostgreSQL
+    holds but Python cannot (``infinity``, a year past 9999) fails every row of the
+    page. Such a page is read again with the timestamps as text: each row is rebuilt on
+    its own, and only the bad one raises, as a ``SerializationError`` that names it.
+    """
+    with fast_read_cursor(conn) as cursor:
+        cursor.execute(f"SELECT {q.read_columns} {sql_from}", params)
+        try:
+            rows: list[Any] = cursor.fetchall()
+        except DataError:
+            if not q.is_postgres:
+                raise
+            cursor.execute(f"SELECT {q.read_columns_as_text} {sql_from}", params)
+            rows = cursor.fetchall()
+        return rows
+
+
 def _identity(value: UUID) -> Any:
     return value
+
+
+def _identity_text(text: str) -> str:
+    return text
 
 
 def _uuid_hex(value: UUID) -> str:
@@ -212,13 +263,14 @@ def _document(row: Sequence[Any]) -> str:
 
 def as_utc_datetime(value: Any) -> datetime:
     """A column value as an aware UTC datetime (SQLite returns naive UTC or text)."""
+    stored = value
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value)
         except ValueError:
             value = parse_datetime(value)
     if not isinstance(value, datetime):
-        raise SerializationError(f"Unreadable timestamp {value!r}")
+        raise SerializationError(f"Unreadable timestamp {stored!r}")
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value if value.tzinfo is UTC else value.astimezone(UTC)

@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from ..events.base import DomainEvent
-from ..exceptions import DuplicateEventIdError, InvalidEventError, OptimisticLockError
-from .interface import ExpectedVersion, make_stream_id
+from ..exceptions import (
+    DuplicateEventIdError,
+    InvalidEventError,
+    InvalidReadOptionsError,
+    OptimisticLockError,
+)
+from .interface import MAX_POSITION, ExpectedVersion, make_stream_id
+
+#: The largest ``event_version`` the column holds on every database (Django's range of a
+#: ``PositiveIntegerField``).
+MAX_EVENT_VERSION = 2**31 - 1
+
+#: Characters no database stores alike: PostgreSQL refuses NUL, and unpaired UTF-16
+#: surrogates are not Unicode (drivers cannot encode them).
+_UNSTORABLE_CHARACTER = re.compile("[\x00\ud800-\udfff]")
+#: The same characters as ``json.dumps`` writes them (``\u`` escapes, lower-case hex);
+#: group 1 is the run of backslashes (odd: an escape; even: escaped backslashes and a
+#: plain "u"), group 2 the code: NUL, a valid surrogate pair, or a lone surrogate.
+_UNSTORABLE_ESCAPE = re.compile(
+    r"(\\+)u(0000|d[89ab][0-9a-f]{2}\\ud[c-f][0-9a-f]{2}|d[89a-f][0-9a-f]{2})"
+)
 
 
 def coerce_uuid(value: Any, what: str) -> UUID:
@@ -35,6 +56,71 @@ def ensure_aware(value: datetime | None, what: str) -> datetime | None:
     return value
 
 
+def check_position(value: Any, what: str) -> None:
+    """Raise ``InvalidReadOptionsError`` unless ``value`` is an integer a database can compare.
+
+    Positions and versions are 64-bit integers in the database: SQLite cannot even bind a
+    larger Python int, where PostgreSQL would compare it.
+    """
+    if not isinstance(value, int) or isinstance(value, bool) or value > MAX_POSITION:
+        raise InvalidReadOptionsError(
+            f"{what} must be an integer of at most {MAX_POSITION}, got {value!r}"
+        )
+
+
+def check_storable_text(value: str | None, what: str) -> None:
+    """Raise ``InvalidEventError`` when ``value`` holds a character no database stores alike."""
+    if value is not None and (found := _UNSTORABLE_CHARACTER.search(value)):
+        raise InvalidEventError(f"{what} contains {_describe(f'{ord(found.group()):04x}')}")
+
+
+def storable_json(value: Any, what: str) -> str:
+    """``value`` as the JSON text Django writes, checked so that every database stores it.
+
+    Raises ``InvalidEventError`` for values that are not JSON (NaN, infinities, objects
+    the encoder does not know) and for text PostgreSQL refuses where SQLite would store
+    it: NUL characters and unpaired surrogates. Those appear in the text as ``\\u``
+    escapes, so text without any escape, most of it, costs one substring search.
+    """
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidEventError(f"{what} is not JSON: {exc}") from None
+    if "\\u" in text:
+        for match in _UNSTORABLE_ESCAPE.finditer(text):
+            backslashes, code = match.groups()
+            if len(backslashes) % 2 and len(code) == 4:
+                raise InvalidEventError(f"{what} contains {_describe(code)}")
+    return text
+
+
+def storable_event_json(event: DomainEvent) -> tuple[str, str]:
+    """The JSON text of ``event``'s payload and metadata, once the event is known storable.
+
+    Checks what the databases store differently (see ``storable_json``, and the
+    ``event_type``, ``actor_id`` and ``event_version`` columns) before anything is
+    written; the ``InvalidEventError`` names the event.
+    """
+    try:
+        check_storable_text(event.event_type, "event_type")
+        check_storable_text(event.actor_id, "actor_id")
+        if event.event_version > MAX_EVENT_VERSION:
+            raise InvalidEventError(
+                f"event_version must be at most {MAX_EVENT_VERSION}, got {event.event_version}"
+            )
+        return storable_json(event.payload(), "payload"), storable_json(event.metadata, "metadata")
+    except InvalidEventError as exc:
+        raise InvalidEventError(
+            f"Event {event.event_id} ({event.event_type!r}) cannot be stored: {exc}"
+        ) from None
+
+
+def _describe(code: str) -> str:
+    if code == "0000":
+        return "a NUL character (\\u0000), which PostgreSQL cannot store"
+    return f"an unpaired surrogate (\\u{code}), which is not valid Unicode"
+
+
 def validate_append(
     aggregate_id: Any,
     aggregate_type: Any,
@@ -47,6 +133,7 @@ def validate_append(
         raise InvalidEventError(
             f"aggregate_type must be a non-empty string, got {aggregate_type!r}"
         )
+    check_storable_text(aggregate_type, "aggregate_type")
     if (
         not isinstance(expected_version, int)
         or isinstance(expected_version, bool)

@@ -15,6 +15,7 @@ from django.db.backends.utils import CursorWrapper
 
 from ..events.base import DomainEvent
 from .sql import _INSERT_COLUMNS, _as_uuid, _Sql
+from .validation import storable_event_json
 
 #: PostgreSQL ``LISTEN`` channel notified (at commit) with the last appended position.
 NOTIFY_CHANNEL = "eventsource_events"
@@ -76,7 +77,7 @@ def insert_events(
     Returns the highest position taken.
     """
     q = _Sql.get(conn)
-    uuid_db, dt_db, json_db = q.uuid_to_db, q.datetime_to_db, q.json_to_db
+    uuid_db, dt_db, json_db = q.uuid_to_db, q.datetime_to_db, q.json_text_to_db
     per_row = len(_INSERT_COLUMNS)
     rows_per_statement = max(1, q.max_params // per_row)
     last_position = 0
@@ -84,6 +85,7 @@ def insert_events(
         chunk = events[start : start + rows_per_statement]
         params: list[Any] = []
         for e in chunk:
+            payload, metadata = storable_event_json(e)
             params += (
                 uuid_db(e.event_id),
                 e.aggregate_type,
@@ -96,8 +98,8 @@ def insert_events(
                 uuid_db(e.correlation_id),
                 None if e.causation_id is None else uuid_db(e.causation_id),
                 dt_db(e.occurred_at),
-                json_db(e.payload()),
-                json_db(e.metadata),
+                json_db(payload),
+                json_db(metadata),
             )
         values = ", ".join([q.row_placeholder] * len(chunk))
         insert = f"INSERT INTO {q.table} ({q.insert_columns}) VALUES {values}"

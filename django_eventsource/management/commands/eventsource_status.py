@@ -17,7 +17,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         verbosity = int(options["verbosity"])
-        report = get_health()
+        # A local operator's command: the blockers' SQL is what finds a forgotten session.
+        report = get_health(include_queries=True)
         write = self.stdout.write
         write(
             f"Events: {report.global_position} stored, safe high-water mark "

@@ -33,7 +33,9 @@ def full_jitter_delay(attempt: int, base: float, cap: float) -> float:
     ``cap``) and the delay is drawn uniformly below it ("full jitter"), so workers that
     failed together do not retry in lockstep.
     """
-    ceiling = min(cap, base * 2 ** max(attempt - 1, 0))
+    # The exponent is bounded: past ~1,024 doublings a float overflows, and a loop that
+    # retries through an hours-long outage reaches that many attempts.
+    ceiling = min(cap, base * 2 ** min(max(attempt - 1, 0), 64))
     return random.uniform(0, ceiling)
 
 

@@ -107,6 +107,14 @@ def test_retry_delays_grow_exponentially_up_to_the_cap_with_full_jitter() -> Non
     assert min(policy.delay(1) for _ in range(200)) < 0.1
 
 
+def test_a_retry_after_thousands_of_failures_still_waits_at_most_the_cap() -> None:
+    # A worker that keeps retrying through an hours-long outage reaches attempt numbers
+    # whose doubling no longer fits in a float.
+    policy = RetryPolicy(max_attempts=10, base_delay=0.5, max_delay=3.0)
+
+    assert 0.0 <= policy.delay(5_000) <= 3.0
+
+
 def test_the_retry_policy_follows_the_settings(settings: Any) -> None:
     settings.EVENTSOURCE_MAX_RETRIES = 7
     settings.EVENTSOURCE_RETRY_BACKOFF = 0.25

@@ -15,6 +15,7 @@ from django_eventsource.bus import reset_event_bus
 from django_eventsource.bus.redis import RedisEventBus, RedisEventBusConfig
 from django_eventsource.models import OutboxMessage
 from django_eventsource.outbox.relay import publish_outbox
+from tests.services import ThrowawayRedis
 from tests.testapp.domain import Account
 
 pytestmark = [pytest.mark.own_sql, pytest.mark.redis, pytest.mark.django_db]
@@ -99,3 +100,42 @@ def test_the_relay_follows_changed_redis_settings_instead_of_the_bus_it_built_fi
         inspect.client.delete(f"{first}:events", f"{second}:events")
         inspect.close()
     assert lengths == [1, 2]
+
+
+@override_settings(EVENTSOURCE_OUTBOX_RETRY_BACKOFF=0, EVENTSOURCE_OUTBOX_RETRY_BACKOFF_MAX=0)
+def test_rows_wait_through_a_redis_outage_of_many_attempts_and_go_out_in_order_after() -> None:
+    if not ThrowawayRedis.available():
+        pytest.fail("redis-server is needed to stop and start a Redis of the test's own")
+    server = ThrowawayRedis()
+    server.start()
+    try:
+        config = RedisEventBusConfig(
+            redis_url=server.url, stream_prefix=f"test-{uuid4().hex}", connection_retries=0
+        )
+        bus = RedisEventBus(config)
+        accounts = _open_accounts(2, deposits=2)
+        server.stop()
+
+        # Far more failed attempts than the old attempt limit (10) allowed: with the
+        # give-up point a duration (an hour by default), every row is still waiting.
+        for _ in range(25):
+            report = publish_outbox(once=True, bus=bus)
+            assert report.published == 0 and report.failed == 0
+        assert set(OutboxMessage.objects.values_list("status", flat=True)) == {"pending"}
+        assert min(OutboxMessage.objects.values_list("retry_count", flat=True)) >= 25
+
+        server.start()
+        report = publish_outbox(once=True, bus=bus)
+
+        assert report.published == 6
+        entries = bus.client.xrange(config.stream_name)
+        for account in accounts:
+            versions = [
+                int(f["aggregate_version"])
+                for _, f in entries
+                if f["aggregate_id"] == str(account.aggregate_id)
+            ]
+            assert versions == [1, 2, 3]
+        bus.close()
+    finally:
+        server.close()

@@ -48,9 +48,8 @@ def retry_while_locked(attempt: Callable[[], T], retry_seconds: float) -> T:
             failures += 1
             if not is_database_locked(error) or time.monotonic() >= deadline:
                 raise
-        # Jittered, so writers that failed together do not come back in step. The
-        # ceiling stops growing after a few failures (and 2 ** n never overflows a float).
-        sleep(full_jitter_delay(min(failures, 5), base=0.01, cap=0.2))
+        # Jittered, so writers that failed together do not come back in step.
+        sleep(full_jitter_delay(failures, base=0.01, cap=0.2))
 
 
 def lock_settings_problem(options: Mapping[str, Any]) -> str | None:

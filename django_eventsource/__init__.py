@@ -43,7 +43,12 @@ from .exceptions import (
 )
 from .outbox.repository import InMemoryOutboxRepository, OutboxRepository
 from .outbox.rows import OutboxEntry, OutboxStats
-from .projections.base import CheckpointTrackingProjection, DeclarativeProjection, Projection
+from .projections.base import (
+    BatchProjection,
+    CheckpointTrackingProjection,
+    DeclarativeProjection,
+    Projection,
+)
 from .projections.checkpoints import (
     CheckpointData,
     CheckpointRepository,
@@ -86,6 +91,7 @@ __all__ = [
     "AggregateRepository",
     "AggregateRoot",
     "AppendResult",
+    "BatchProjection",
     "CheckpointData",
     "CheckpointRepository",
     "CheckpointTrackingProjection",

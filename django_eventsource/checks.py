@@ -33,6 +33,7 @@ from .conf import conf
 #: Settings that must be integers >= 1.
 POSITIVE_INTEGER_SETTINGS = (
     "PROJECTION_BATCH_SIZE",
+    "REBUILD_BATCH_SIZE",
     "OUTBOX_BATCH_SIZE",
     "MAX_RETRIES",
 )

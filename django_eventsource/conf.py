@@ -84,6 +84,8 @@ class Settings:
     EVENT_HANDLERS: Setting[list[str]] = Setting([])
     # Events read per projection batch.
     PROJECTION_BATCH_SIZE: Setting[int] = Setting(500, int)
+    # Events read per batch by a rebuild (reset_projection --rebuild, the rebuild task).
+    REBUILD_BATCH_SIZE: Setting[int] = Setting(5000, int)
     # Seconds a run_projections lease on a projection lasts (non-PostgreSQL databases);
     # renewed before every batch, taken over by another runner once it expires.
     PROJECTION_LEASE_SECONDS: Setting[float] = Setting(30.0, float)

@@ -11,10 +11,14 @@ picks them up (``app.autodiscover_tasks()``); schedule them with beat::
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+logger = logging.getLogger("django_eventsource")
 
 _shared_task: Callable[..., Any] | None
 try:
@@ -47,6 +51,45 @@ def run_projections(
 
     summary = run(projections, once=True, batch_size=batch_size)
     return {"processed": summary.processed, "dead_lettered": summary.dead_lettered}
+
+
+@_task(name="django_eventsource.tasks.rebuild_projection", ignore_result=False)
+def rebuild_projection(name: str, batch_size: int | None = None) -> dict[str, Any]:
+    """Reset a projection and replay every event (``reset_projection NAME --rebuild``).
+
+    Batches of ``batch_size`` events (default ``EVENTSOURCE_REBUILD_BATCH_SIZE``); the
+    progress goes to the ``django_eventsource`` logger. Raises ``ProjectionBusyError``
+    when another process runs the projection.
+    """
+    from .projections.maintenance import reset_projection
+
+    summary = reset_projection(name, rebuild=True, batch_size=batch_size, on_progress=_Logged(name))
+    return {"processed": summary.total_processed, "dead_lettered": summary.dead_lettered}
+
+
+class _Logged:
+    """Rebuild progress as log lines, at most one every ``interval`` seconds."""
+
+    def __init__(self, name: str, interval: float = 10.0) -> None:
+        self.name = name
+        self.interval = interval
+        self.clock = time.monotonic
+        self.started = self.last = self.clock()
+
+    def __call__(self, position: int, target: int) -> None:
+        now = self.clock()
+        if now - self.last < self.interval:
+            return
+        self.last = now
+        rate = position / max(now - self.started, 1e-9)
+        logger.info(
+            "Rebuilding %s: position %d of %d (%.0f events/s)",
+            self.name,
+            position,
+            target,
+            rate,
+            extra={"projection": self.name, "position": position, "target": target},
+        )
 
 
 @_task(name="django_eventsource.tasks.retry_dead_letters", ignore_result=False)
@@ -101,4 +144,10 @@ def recover_pending_events(group: str | None = None) -> dict[str, int]:
     return {"handled": handled, "dead_lettered": stats.messages_dead_lettered}
 
 
-__all__ = ["publish_outbox", "recover_pending_events", "retry_dead_letters", "run_projections"]
+__all__ = [
+    "publish_outbox",
+    "rebuild_projection",
+    "recover_pending_events",
+    "retry_dead_letters",
+    "run_projections",
+]

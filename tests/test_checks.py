@@ -125,6 +125,7 @@ def test_e002_clears_once_the_chain_is_complete(broken_upcaster_chain: None) -> 
     [
         ("EVENTSOURCE_PROJECTION_BATCH_SIZE", 0),
         ("EVENTSOURCE_PROJECTION_BATCH_SIZE", "500"),
+        ("EVENTSOURCE_REBUILD_BATCH_SIZE", 0),
         ("EVENTSOURCE_OUTBOX_BATCH_SIZE", -1),
         ("EVENTSOURCE_MAX_RETRIES", True),
         ("EVENTSOURCE_OUTBOX_MAX_ATTEMPTS", 2.5),

@@ -95,6 +95,14 @@ class Projection(ABC):
     #: the batch run a second time, so keep their effects in the database (or idempotent).
     optimistic_batches: ClassVar[bool] = False
 
+    #: Also run inside the transaction of ``DjangoEventStore.append_events`` (and so of
+    #: ``AggregateRepository.save``) on the events just appended: a save and its read
+    #: model commit together, or neither does. The runner still serves the projection
+    #: for rebuilds and for events the inline path leaves to it (see
+    #: ``docs/projections.md``). The projection must be listed in
+    #: ``EVENTSOURCE_PROJECTIONS``.
+    inline: ClassVar[bool] = False
+
     @property
     def name(self) -> str:
         """The checkpoint and dead-letter key; defaults to the class name."""
@@ -177,6 +185,48 @@ class DeclarativeProjection(Projection):
         if name is None:
             return None
         return run_to_completion(getattr(self, name)(event))
+
+
+class BatchProjection(Projection):
+    """A projection that applies a page of events in one call::
+
+        class Totals(BatchProjection):
+            def subscribed_to(self) -> list[type[DomainEvent]]:
+                return [MoneyDeposited]
+
+            def handle_batch(self, events: list[DomainEvent]) -> None:
+                rows: dict[UUID, Decimal] = {}
+                for event in events:
+                    rows[event.aggregate_id] = rows.get(event.aggregate_id, 0) + event.amount
+                ...  # one bulk write for the page
+
+            def reset(self) -> None:
+                Total.objects.all().delete()
+
+    ``handle_batch`` receives a non-empty list of the subscribed events, in position
+    order. The runner commits its writes and the checkpoint in one transaction. When it
+    raises, the batch is retried (``retry_policy``), then split in halves, left before
+    right, until the failing event is alone; that event is retried like a per-event
+    handler and dead-lettered, every other event is applied exactly once.
+
+    A failed attempt is rolled back to a savepoint, so the writes of the database it
+    runs on never count twice; state kept elsewhere (in memory, another service) may see
+    an event more than once and must be idempotent.
+
+    ``handle(event)`` is ``handle_batch([event])``: it is what ``retry_dead_letters``
+    and the inline path for one event call.
+    """
+
+    @abstractmethod
+    def handle_batch(self, events: list[DomainEvent]) -> Any:
+        """Apply ``events`` (non-empty, in position order) to the read model."""
+
+    def handle(self, event: DomainEvent) -> Any:
+        return self.handle_batch([event])
+
+    def process_batch(self, events: list[DomainEvent]) -> None:
+        """Apply a batch once, without retries or checkpointing (what the runner calls)."""
+        run_to_completion(self.handle_batch(events))
 
 
 def subscribed_event_type_names(projection: Projection) -> list[str] | None:
@@ -327,6 +377,7 @@ class CheckpointTrackingProjection(DeclarativeProjection):
 
 __all__ = [
     "AsyncEventHandlerBase",
+    "BatchProjection",
     "CheckpointTrackingProjection",
     "DeclarativeProjection",
     "EventHandlerBase",

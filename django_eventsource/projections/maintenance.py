@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from django.db import transaction
 
+from ..conf import conf
 from ..events.registry import default_registry
 from .base import RetryPolicy, apply_with_retries
+from .batch import BatchResult, _locked_position
 from .django_checkpoints import DjangoCheckpointRepository
 from .django_dead_letters import DjangoDLQRepository
 from .exclusivity import exclusive
@@ -32,20 +35,35 @@ class RetryReport:
     errors: dict[int, str] = field(default_factory=dict)
 
 
+#: Called after each batch of a rebuild with the position reached and the position the
+#: rebuild aims for (the safe high-water mark when it started).
+RebuildProgress = Callable[[int, int], None]
+
+
 def reset_projection(
-    name: str, rebuild: bool = False, progress: Progress | None = None
+    name: str,
+    rebuild: bool = False,
+    progress: Progress | None = None,
+    *,
+    batch_size: int | None = None,
+    on_progress: RebuildProgress | None = None,
 ) -> RunSummary:
     """Empty a projection's read model (``reset()``) and its checkpoint.
 
-    With ``rebuild`` it then replays every event from position 0, calling ``progress``
-    with a percentage after each batch. Raises ``ProjectionBusyError`` when a runner is
-    working on the projection.
+    With ``rebuild`` it then replays every event from position 0, in batches of
+    ``batch_size`` events (default ``EVENTSOURCE_REBUILD_BATCH_SIZE``), calling
+    ``progress`` with a percentage and ``on_progress`` with positions after each batch.
+    Raises ``ProjectionBusyError`` when a runner is working on the projection.
     """
     (projection,) = load_projections([name])
     using = checkpoint_db()
     summary = RunSummary(processed={projection.name: 0})
     with exclusive(projection.name, using) as guard:
         with transaction.atomic(using=using):
+            # Locked first, as a batch does: an inline projection's save waits for the
+            # reset to commit, then finds the checkpoint rewound and leaves its events to
+            # the rebuild, instead of writing rows this reset did not see.
+            _locked_position(projection.name, using)
             projection.reset()
             # The runner's checkpoint is this row. A CheckpointTrackingProjection's reset()
             # clears its own repository, usually an in-memory one; when that is this very
@@ -54,7 +72,13 @@ def reset_projection(
             DjangoCheckpointRepository(using).reset_checkpoint(projection.name)
         logger.info("Projection %s reset", projection.name, extra={"projection": projection.name})
         if rebuild:
-            ctx = batch_context(using)
+            ctx = batch_context(using, batch_size=batch_size or conf.REBUILD_BATCH_SIZE)
+            target = ctx.store.safe_high_water_mark()
+
+            def report(result: BatchResult) -> None:
+                if on_progress is not None:
+                    on_progress(result.to_position, target)
+
             drain(
                 projection,
                 ctx,
@@ -62,7 +86,8 @@ def reset_projection(
                 threading.Event(),
                 progress,
                 guard,
-                target=ctx.store.safe_high_water_mark(),
+                target=target,
+                on_batch=report,
             )
     return summary
 
@@ -137,4 +162,4 @@ def retry_dead_letters(
     return report
 
 
-__all__ = ["RetryReport", "reset_projection", "retry_dead_letters"]
+__all__ = ["RebuildProgress", "RetryReport", "reset_projection", "retry_dead_letters"]

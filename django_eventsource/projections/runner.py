@@ -29,7 +29,7 @@ from ..models import Checkpoint
 from ..stores.django import DjangoEventStore
 from ..stores.interface import EventStore
 from .base import Projection
-from .batch import BatchContext, run_batch
+from .batch import BatchContext, BatchResult, run_batch
 from .django_checkpoints import DjangoCheckpointRepository
 from .django_dead_letters import DjangoDLQRepository
 from .exclusivity import Exclusivity, exclusivity_for
@@ -114,11 +114,13 @@ def drain(
     progress: Progress | None,
     guard: Exclusivity,
     target: int | None = None,
+    on_batch: Callable[[BatchResult], None] | None = None,
 ) -> None:
     """Run batches of one projection until it is caught up or a stop is requested.
 
     The lock or lease is confirmed (a lease renewed) before every batch; if it was lost
-    to another runner, this one stops working on the projection.
+    to another runner, this one stops working on the projection. ``on_batch`` is called
+    with each batch's result.
     """
     name = projection.name
     while not stop_event.is_set() and guard.acquire(name):
@@ -143,6 +145,8 @@ def drain(
                 "dead_lettered": result.dead_lettered,
             },
         )
+        if on_batch is not None:
+            on_batch(result)
         if progress is not None:
             if target:
                 percent = min(100.0, 100.0 * result.to_position / target)

@@ -188,6 +188,10 @@ class DjangoEventStore(EventStore):
             OutboxMessage.objects.using(alias).bulk_create(
                 [OutboxMessage(**outbox_row_values(e)) for e in events]
             )
+        # Imported here: projections sit above the store, which only hands them the events.
+        from ..projections.inline import run_inline_projections
+
+        run_inline_projections(alias, events, last_position)
         return AppendResult.successful(events[-1].aggregate_version, last_position)
 
     def _resolve_conflict(

@@ -10,6 +10,7 @@ from django.db import connection
 from django.db.models import F
 
 from django_eventsource import (
+    BatchProjection,
     DeclarativeProjection,
     DomainEvent,
     EventStore,
@@ -146,6 +147,88 @@ class AsyncJournalProjection(DeclarativeProjection):
         HandledEvent.objects.filter(projection=self.name).delete()
 
 
+class BatchTallyProjection(BatchProjection):
+    """``TallyProjection`` as a batch: one read and one multi-row upsert per page.
+
+    Deposits of an amount in ``POISON_AMOUNTS`` make the batch fail.
+    """
+
+    def subscribed_to(self) -> list[type[DomainEvent]]:
+        return [AccountOpened, MoneyDeposited]
+
+    def handle_batch(self, events: list[DomainEvent]) -> None:
+        ids = {event.aggregate_id for event in events}
+        rows = {row.account_id: row for row in AccountSummary.objects.filter(account_id__in=ids)}
+        for event in events:
+            row = rows.get(event.aggregate_id)
+            if row is None:
+                row = rows[event.aggregate_id] = AccountSummary(
+                    account_id=event.aggregate_id, balance=Decimal(0), events_seen=0
+                )
+            if isinstance(event, AccountOpened):
+                row.owner = event.owner
+            elif isinstance(event, MoneyDeposited):
+                if event.amount in POISON_AMOUNTS:
+                    raise ValueError(f"cannot book {event.amount}")
+                row.balance += event.amount
+            row.events_seen += 1
+        AccountSummary.objects.bulk_create(
+            list(rows.values()),
+            update_conflicts=True,
+            unique_fields=["account_id"],
+            update_fields=["owner", "balance", "events_seen"],
+        )
+
+    def reset(self) -> None:
+        AccountSummary.objects.all().delete()
+
+
+class BatchLedgerProjection(BatchProjection):
+    """Journals every deposit of the batch, then fails if one is in ``POISON_AMOUNTS``.
+
+    The journal is written before the failure, so a rolled-back attempt that was not
+    undone would show up as a repeated event id.
+    """
+
+    batches: list[int] = []
+
+    def subscribed_to(self) -> list[type[DomainEvent]]:
+        return [MoneyDeposited]
+
+    def handle_batch(self, events: list[DomainEvent]) -> None:
+        type(self).batches.append(len(events))
+        HandledEvent.objects.bulk_create(
+            [HandledEvent(projection=self.name, event_id=event.event_id) for event in events]
+        )
+        for event in events:
+            if isinstance(event, MoneyDeposited) and event.amount in POISON_AMOUNTS:
+                raise ValueError(f"cannot book {event.amount}")
+
+    def reset(self) -> None:
+        HandledEvent.objects.filter(projection=self.name).delete()
+
+
+class InlineTallyProjection(TallyProjection):
+    """``TallyProjection`` applied in the transaction of each append.
+
+    A deposit of an amount in ``POISON_AMOUNTS`` raises, after its write.
+    """
+
+    inline = True
+
+    @handles(MoneyDeposited)
+    def on_deposited(self, event: MoneyDeposited) -> None:
+        super().on_deposited(event)
+        if event.amount in POISON_AMOUNTS:
+            raise ValueError(f"cannot book {event.amount}")
+
+
+class InlineBatchTallyProjection(BatchTallyProjection):
+    """``BatchTallyProjection`` applied in the transaction of each append."""
+
+    inline = True
+
+
 def open_account(
     store: EventStore, owner: str = "ann", deposits: tuple[str | int, ...] = ()
 ) -> UUID:
@@ -170,3 +253,7 @@ TALLY = "tests.testapp.projections.TallyProjection"
 FLAKY = "tests.testapp.projections.FlakyLedgerProjection"
 OPTIMISTIC = "tests.testapp.projections.OptimisticLedgerProjection"
 ASYNC_JOURNAL = "tests.testapp.projections.AsyncJournalProjection"
+BATCH_TALLY = "tests.testapp.projections.BatchTallyProjection"
+BATCH_LEDGER = "tests.testapp.projections.BatchLedgerProjection"
+INLINE_TALLY = "tests.testapp.projections.InlineTallyProjection"
+INLINE_BATCH_TALLY = "tests.testapp.projections.InlineBatchTallyProjection"

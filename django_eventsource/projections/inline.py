@@ -1,0 +1,159 @@
+"""Inline projections: applied in the transaction that appends their events.
+
+``DjangoEventStore.append_events`` calls :func:`run_inline_projections` right after its
+``INSERT``, inside its transaction (the caller's, when there is one). For each projection
+of ``EVENTSOURCE_PROJECTIONS`` with ``inline = True`` it *claims* the appended events by
+moving the projection's checkpoint from the position just before them to the last of
+them, in one ``UPDATE … WHERE position = first - 1``, and only then runs the handlers.
+The save, the read model and the checkpoint commit or roll back together.
+
+The claim succeeds only when every event before the appended ones was already applied
+(the checkpoint is exactly at the position before them) and the appended events hold
+consecutive positions (no concurrent writer's event between them). Otherwise nothing is
+applied here and the events are left to the runner, which reads them after the
+checkpoint as usual: a writer that lost the race, events appended while the runner was
+behind (a rebuild, the projection just switched to ``inline``), a gap left by a
+rolled-back append. Whoever moves the checkpoint past an event is the one that applied
+it, and the row lock taken by the ``UPDATE`` (the runner takes it too, for its whole
+batch) orders them, so no event is applied twice or skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from django.db import connections
+from django.utils import timezone
+
+from ..conf import conf
+from ..context import event_context
+from ..events.base import DomainEvent
+from ..models import Checkpoint, EventRecord
+from .base import BatchProjection, Projection
+
+logger = logging.getLogger("django_eventsource")
+
+_cache_lock = threading.Lock()
+_cache: dict[tuple[str, ...], list[Projection]] = {}
+
+
+def inline_projections() -> list[Projection]:
+    """The projections of ``EVENTSOURCE_PROJECTIONS`` with ``inline = True``.
+
+    The instances are built once per value of the setting and then reused, since every
+    append asks.
+    """
+    key = tuple(conf.PROJECTIONS)
+    loaded = _cache.get(key)
+    if loaded is None:
+        from .runner import load_projections
+
+        with _cache_lock:
+            loaded = _cache[key] = load_projections()
+    return [projection for projection in loaded if projection.inline]
+
+
+def run_inline_projections(alias: str, events: Sequence[DomainEvent], last_position: int) -> None:
+    """Apply the inline projections to ``events``, just inserted on database ``alias``.
+
+    Must run inside the append's transaction. ``last_position`` is the highest position
+    the insert took. A handler's error propagates, so the append rolls back.
+    """
+    projections = inline_projections()
+    if not projections or not events:
+        return
+    from .runner import checkpoint_db
+
+    if checkpoint_db() != alias:
+        # The checkpoint lives in another database: no single transaction can hold both.
+        logger.debug("Inline projections skipped: checkpoints are not on %r", alias)
+        return
+    positions = _positions(alias, events, last_position)
+    if positions is None:
+        return  # a concurrent writer's event sits between ours: left to the runner
+    first = positions[0]
+    last = events[-1]
+    for projection in projections:
+        wanted = [event for event in events if projection.is_interested_in(event)]
+        # Claimed even when none is wanted: the checkpoint must stay just below the next
+        # append for that one to be applied inline.
+        if not _claim(alias, projection.name, first - 1, last_position, last, len(wanted)):
+            continue
+        if not wanted:
+            continue
+        if isinstance(projection, BatchProjection):
+            projection.process_batch(wanted)
+            continue
+        for event in wanted:
+            with event_context(causation_id=event.event_id, correlation_id=event.correlation_id):
+                projection.process(event)
+
+
+def _positions(alias: str, events: Sequence[DomainEvent], last_position: int) -> list[int] | None:
+    """The positions of ``events`` in order, or ``None`` when they are not consecutive."""
+    if len(events) == 1:
+        return [last_position]
+    rows = (
+        EventRecord.objects.using(alias)
+        .filter(event_id__in=[event.event_id for event in events])
+        .order_by("position")
+        .values_list("position", flat=True)
+    )
+    positions = [int(position) for position in rows]
+    if len(positions) != len(events) or positions[-1] - positions[0] != len(events) - 1:
+        return None
+    return positions
+
+
+def _claim(
+    alias: str, name: str, before: int, last_position: int, last: DomainEvent, count: int
+) -> bool:
+    """Move ``name``'s checkpoint from ``before`` to ``last_position``; whether it moved."""
+    if _advance(alias, name, before, last_position, last, count):
+        return True
+    if Checkpoint.objects.using(alias).for_projection(name).exists():
+        return False
+    # The projection never ran: start its checkpoint at 0, which is "just before" only
+    # when these are the store's first events.
+    Checkpoint.objects.using(alias).ensure(name)
+    return _advance(alias, name, before, last_position, last, count)
+
+
+def _advance(
+    alias: str, name: str, before: int, last_position: int, last: DomainEvent, count: int
+) -> bool:
+    # One raw statement: an append pays for it on every save.
+    conn = connections[alias]
+    meta = Checkpoint._meta
+    ops = conn.ops
+
+    def prep(field: str, value: Any) -> Any:
+        return meta.get_field(field).get_db_prep_value(value, conn)  # type: ignore[union-attr]
+
+    now = prep("updated_at", timezone.now())
+    column = ops.quote_name
+    with conn.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {column(meta.db_table)} SET {column('position')} = %s, "
+            f"{column('last_event_id')} = %s, {column('last_event_type')} = %s, "
+            f"{column('last_processed_at')} = %s, {column('updated_at')} = %s, "
+            f"{column('events_processed')} = {column('events_processed')} + %s "
+            f"WHERE {column('projection_name')} = %s AND {column('position')} = %s",
+            [
+                last_position,
+                prep("last_event_id", last.event_id),
+                last.event_type,
+                now,
+                now,
+                count,
+                name,
+                before,
+            ],
+        )
+        return bool(cursor.rowcount == 1)
+
+
+__all__ = ["inline_projections", "run_inline_projections"]

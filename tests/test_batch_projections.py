@@ -1,0 +1,258 @@
+"""Batch projections under the runner: whole pages, narrowing down to a poison event."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from decimal import Decimal
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+from django.db import connection
+from django.test import override_settings
+
+from django_eventsource import (
+    BatchProjection,
+    DjangoEventStore,
+    DomainEvent,
+    ExpectedVersion,
+    StoredEvent,
+)
+from django_eventsource.models import Checkpoint, DeadLetter
+from django_eventsource.projections.base import RetryPolicy
+from django_eventsource.projections.batch import BatchHooks
+from django_eventsource.projections.maintenance import reset_projection, retry_dead_letters
+from django_eventsource.projections.narrowing import apply_batch_projection
+from django_eventsource.projections.runner import run_projections
+from tests.testapp import projections as test_projections
+from tests.testapp.domain import AccountOpened, MoneyDeposited
+from tests.testapp.models import AccountSummary, HandledEvent
+from tests.testapp.projections import BATCH_LEDGER, BATCH_TALLY, TALLY, open_account
+
+pytestmark = [pytest.mark.django_db]
+
+
+@pytest.fixture
+def store() -> DjangoEventStore:
+    return DjangoEventStore()
+
+
+@pytest.fixture(autouse=True)
+def poison() -> Any:
+    test_projections.POISON_AMOUNTS.clear()
+    test_projections.BatchLedgerProjection.batches = []
+    yield test_projections.POISON_AMOUNTS
+    test_projections.POISON_AMOUNTS.clear()
+
+
+def append_accounts(store: DjangoEventStore, accounts: int, deposits: int) -> None:
+    rng = random.Random(7)
+    for _ in range(accounts):
+        account_id = uuid4()
+        events: list[DomainEvent] = [
+            AccountOpened(
+                aggregate_id=account_id, owner=f"o{rng.randint(1, 9)}", aggregate_version=1
+            )
+        ]
+        events += [
+            MoneyDeposited(
+                aggregate_id=account_id,
+                amount=Decimal(rng.randint(1, 500)),
+                aggregate_version=version,
+            )
+            for version in range(2, deposits + 2)
+        ]
+        store.append_events(account_id, "Account", events, ExpectedVersion.NO_STREAM)
+
+
+def read_model() -> dict[UUID, tuple[str, Decimal, int]]:
+    return {
+        row.account_id: (row.owner, row.balance, row.events_seen)
+        for row in AccountSummary.objects.all()
+    }
+
+
+def handled_counts() -> Counter[UUID]:
+    return Counter(HandledEvent.objects.values_list("event_id", flat=True))
+
+
+def deposits(store: DjangoEventStore) -> list[StoredEvent]:
+    return [s for s in store.read_all() if isinstance(s.event, MoneyDeposited)]
+
+
+@pytest.mark.slow
+def test_a_batch_projection_over_20000_events_ends_equal_to_the_per_event_one(
+    store: DjangoEventStore,
+) -> None:
+    append_accounts(store, accounts=200, deposits=99)
+
+    with override_settings(EVENTSOURCE_PROJECTIONS=[TALLY]):
+        run_projections(once=True, batch_size=2000)
+    per_event = read_model()
+    AccountSummary.objects.all().delete()
+    with override_settings(EVENTSOURCE_PROJECTIONS=[BATCH_TALLY]):
+        summary = reset_projection("BatchTallyProjection", rebuild=True, batch_size=1500)
+
+    assert summary.total_processed == 20_000
+    assert len(per_event) == 200
+    assert read_model() == per_event
+    checkpoint = Checkpoint.objects.get(projection_name="BatchTallyProjection")
+    assert checkpoint.position == store.get_global_position()
+
+
+@override_settings(
+    EVENTSOURCE_PROJECTIONS=[BATCH_LEDGER], EVENTSOURCE_MAX_RETRIES=2, EVENTSOURCE_RETRY_BACKOFF=0
+)
+def test_a_poison_event_mid_batch_is_dead_lettered_alone_and_the_rest_apply_exactly_once(
+    store: DjangoEventStore, poison: set[Decimal]
+) -> None:
+    amounts = [str(n) for n in range(100, 200)]
+    open_account(store, deposits=tuple(amounts))
+    poison.add(Decimal(137))
+
+    summary = run_projections(once=True, batch_size=500)
+
+    letter = DeadLetter.objects.get()
+    assert letter.event_data["amount"] == "137"
+    assert letter.retry_count == 2
+    assert "ValueError: cannot book 137" in letter.error_message
+    counts = handled_counts()
+    applied = {s.event_id for s in deposits(store) if s.event.amount != 137}  # type: ignore[attr-defined]
+    assert set(counts) == applied
+    assert set(counts.values()) == {1}
+    assert summary.dead_lettered == 1
+    checkpoint = Checkpoint.objects.get(projection_name="BatchLedgerProjection")
+    assert checkpoint.position == store.get_global_position()
+    # The whole page was tried (and retried) before it was narrowed down.
+    assert test_projections.BatchLedgerProjection.batches[:2] == [100, 100]
+
+
+@override_settings(
+    EVENTSOURCE_PROJECTIONS=[BATCH_LEDGER], EVENTSOURCE_MAX_RETRIES=1, EVENTSOURCE_RETRY_BACKOFF=0
+)
+def test_two_poison_events_in_one_batch_are_each_dead_lettered_alone(
+    store: DjangoEventStore, poison: set[Decimal]
+) -> None:
+    open_account(store, deposits=tuple(str(n) for n in range(1, 41)))
+    poison.update({Decimal(3), Decimal(38)})
+
+    run_projections(once=True)
+
+    assert sorted(letter.event_data["amount"] for letter in DeadLetter.objects.all()) == [
+        "3",
+        "38",
+    ]
+    counts = handled_counts()
+    assert len(counts) == 38
+    assert set(counts.values()) == {1}
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[BATCH_LEDGER], EVENTSOURCE_RETRY_BACKOFF=0)
+def test_a_batch_failing_once_is_retried_whole_and_nothing_is_dead_lettered(
+    store: DjangoEventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    open_account(store, deposits=("1", "2", "3", "4"))
+    original = test_projections.BatchLedgerProjection.handle_batch
+    failures = [RuntimeError("database hiccup")]
+
+    def flaky(self: BatchProjection, events: list[DomainEvent]) -> None:
+        original(self, events)  # type: ignore[arg-type]
+        if failures:
+            raise failures.pop()
+
+    monkeypatch.setattr(test_projections.BatchLedgerProjection, "handle_batch", flaky)
+
+    run_projections(once=True)
+
+    assert test_projections.BatchLedgerProjection.batches == [4, 4]
+    assert not DeadLetter.objects.exists()
+    assert set(handled_counts().values()) == {1}
+    assert len(handled_counts()) == 4
+
+
+@override_settings(
+    EVENTSOURCE_PROJECTIONS=[BATCH_LEDGER], EVENTSOURCE_MAX_RETRIES=1, EVENTSOURCE_RETRY_BACKOFF=0
+)
+def test_a_fixed_dead_letter_of_a_batch_projection_is_applied_by_retry_dead_letters(
+    store: DjangoEventStore, poison: set[Decimal]
+) -> None:
+    open_account(store, deposits=("5", "6", "7"))
+    poison.add(Decimal(6))
+    run_projections(once=True)
+    poison.clear()
+
+    report = retry_dead_letters(projection="BatchLedgerProjection")
+
+    assert report.resolved == 1
+    assert len(handled_counts()) == 3
+    assert DeadLetter.objects.get().status == DeadLetter.Status.RESOLVED
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[BATCH_LEDGER], EVENTSOURCE_REBUILD_BATCH_SIZE=7)
+def test_a_rebuild_applies_pages_of_the_rebuild_batch_size(store: DjangoEventStore) -> None:
+    open_account(store, deposits=tuple(str(n) for n in range(1, 20)))
+    reached: list[tuple[int, int]] = []
+
+    summary = reset_projection(
+        "BatchLedgerProjection",
+        rebuild=True,
+        on_progress=lambda position, target: reached.append((position, target)),
+    )
+
+    # Pages of 7 positions; the opening event is not subscribed to.
+    assert test_projections.BatchLedgerProjection.batches == [6, 7, 6]
+    positions = [s.global_position for s in store.read_all()]
+    assert reached == [(positions[i], positions[-1]) for i in (6, 13, 19)]
+    assert summary.total_processed == 20
+    assert len(handled_counts()) == 19
+
+
+def test_narrowing_asks_admit_before_each_attempt_and_goes_left_half_first(
+    store: DjangoEventStore, poison: set[Decimal]
+) -> None:
+    """The hooks: a key dead-lettered in the left half keeps its later events out of the right."""
+    first, second = open_account(store), open_account(store)
+    for version, (a, b) in enumerate([("1", "5"), ("66", "6"), ("3", "7"), ("4", "8")], start=2):
+        for account, amount in ((first, a), (second, b)):
+            event = MoneyDeposited(
+                aggregate_id=account, amount=Decimal(amount), aggregate_version=version
+            )
+            store.append_events(account, "Account", [event], version - 1)
+    events = deposits(store)
+    poison.add(Decimal(66))
+    blocked: set[UUID] = set()
+    dead: list[StoredEvent] = []
+    admitted_sizes: list[int] = []
+
+    def admit(batch: list[StoredEvent]) -> list[StoredEvent]:
+        admitted = [s for s in batch if s.aggregate_id not in blocked]
+        admitted_sizes.append(len(admitted))
+        return admitted
+
+    def dead_lettered(stored: StoredEvent) -> None:
+        dead.append(stored)
+        blocked.add(stored.aggregate_id)
+
+    recorded: list[StoredEvent] = []
+    outcome = apply_batch_projection(
+        test_projections.BatchLedgerProjection(),
+        events,
+        connection.alias,
+        lambda stored, failure: recorded.append(stored),
+        BatchHooks(admit=admit, dead_lettered=dead_lettered),
+        RetryPolicy(max_attempts=1, base_delay=0),
+    )
+
+    amount_of = {s.event_id: s.event.amount for s in events}  # type: ignore[attr-defined]
+    assert [amount_of[s.event_id] for s in dead] == [Decimal(66)]
+    assert recorded == dead
+    counts = handled_counts()
+    assert sorted(amount_of[event_id] for event_id in counts) == [
+        Decimal(n) for n in (1, 5, 6, 7, 8)
+    ]
+    assert set(counts.values()) == {1}
+    assert (outcome.applied, outcome.dead_lettered) == (5, 1)
+    # The page, its left half, the two left quarters, the poison and its neighbour
+    # alone; then the right half without the events of the dead-lettered account.
+    assert admitted_sizes == [8, 4, 2, 2, 1, 1, 2]

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -256,3 +262,61 @@ def test_narrowing_asks_admit_before_each_attempt_and_goes_left_half_first(
     # The page, its left half, the two left quarters, the poison and its neighbour
     # alone; then the right half without the events of the dead-lettered account.
     assert admitted_sizes == [8, 4, 2, 2, 1, 1, 2]
+
+
+def start_runner(*args: str) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "EVENTSOURCE_TEST_DB_NAME": str(connection.settings_dict["NAME"]),
+        "EVENTSOURCE_TEST_PROJECTIONS": BATCH_TALLY,
+    }
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "run_projections", "--verbosity", "0", *args],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def batch_tally_position() -> int:
+    rows = Checkpoint.objects.filter(projection_name="BatchTallyProjection")
+    return rows.values_list("position", flat=True).first() or 0
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_killing_a_batch_projection_runner_at_random_moments_loses_and_doubles_nothing(
+    store: DjangoEventStore,
+) -> None:
+    append_accounts(store, accounts=200, deposits=99)
+    total = store.get_global_position()
+    first = total - 20_000 + 1
+    kill_points = sorted(random.sample(range(first + 500, total - 500), 5))
+
+    for target in kill_points:
+        runner = start_runner("--poll-interval", "0.05", "--batch-size", "200")
+        try:
+            deadline = time.monotonic() + 120
+            while batch_tally_position() < target:
+                assert runner.poll() is None, runner.stderr.read().decode() if runner.stderr else ""
+                assert time.monotonic() < deadline, f"runner stuck at {batch_tally_position()}"
+                time.sleep(0.005)
+        finally:
+            runner.send_signal(signal.SIGKILL)
+            runner.wait()
+        assert runner.returncode == -signal.SIGKILL
+
+    finisher = start_runner("--once", "--batch-size", "1000")
+    _, stderr = finisher.communicate(timeout=120)
+    assert finisher.returncode == 0, stderr.decode()
+
+    assert batch_tally_position() == total
+    expected: dict[UUID, tuple[Decimal, int]] = {}
+    for stored in store.read_all():
+        balance, seen = expected.get(stored.aggregate_id, (Decimal(0), 0))
+        if isinstance(stored.event, MoneyDeposited):
+            balance += stored.event.amount
+        expected[stored.aggregate_id] = (balance, seen + 1)
+    assert {key: value[1:] for key, value in read_model().items()} == expected

@@ -85,7 +85,7 @@ def test_run_projections_rejects_a_batch_size_below_one() -> None:
         run("run_projections", "--once", "--batch-size", "0")
 
 
-@override_settings(EVENTSOURCE_PROJECTIONS=[SUMMARY], EVENTSOURCE_PROJECTION_BATCH_SIZE=2)
+@override_settings(EVENTSOURCE_PROJECTIONS=[SUMMARY], EVENTSOURCE_REBUILD_BATCH_SIZE=2)
 def test_reset_projection_with_rebuild_replays_everything_showing_progress(
     store: DjangoEventStore,
 ) -> None:
@@ -95,12 +95,43 @@ def test_reset_projection_with_rebuild_replays_everything_showing_progress(
 
     output = run("reset_projection", "AccountSummaryProjection", "--rebuild", "--no-input")
 
-    percentages = [line.rsplit("(", 1)[1] for line in output.splitlines() if "%)" in line]
-    assert len(percentages) == 2
-    assert percentages[-1] == "100%)"
+    # Not a terminal: no redrawn bar, one plain line at the end.
+    progress = [line for line in output.splitlines() if line.startswith("Rebuilding")]
+    assert len(progress) == 1
+    assert "4/4 events (100%)" in progress[0] and "/s in " in progress[0]
+    assert "\r" not in output
     assert "Rebuilt AccountSummaryProjection: replayed 4 events." in output
     assert AccountSummary.objects.get(account_id=account).balance == Decimal(6)
     assert HandledEvent.objects.count() == 4
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[SUMMARY])
+def test_reset_projection_rebuild_on_a_terminal_draws_a_bar_with_the_rate(
+    store: DjangoEventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    open_account(store, deposits=(1, 2, 3))
+    out = StringIO()
+    monkeypatch.setattr(out, "isatty", lambda: True, raising=False)
+
+    call_command(
+        "reset_projection", "AccountSummaryProjection", "--rebuild", "--no-input", stdout=out
+    )
+
+    assert "\r" in out.getvalue()
+    assert "[########################] 4/4 events (100%)" in out.getvalue()
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[SUMMARY])
+def test_reset_projection_rejects_a_zero_batch_size() -> None:
+    with pytest.raises(CommandError, match="--batch-size"):
+        run(
+            "reset_projection",
+            "AccountSummaryProjection",
+            "--rebuild",
+            "--no-input",
+            "--batch-size",
+            "0",
+        )
 
 
 @override_settings(EVENTSOURCE_PROJECTIONS=[SUMMARY])
@@ -122,6 +153,7 @@ def test_reset_projection_asks_for_confirmation(
 ) -> None:
     open_account(store)
     run("run_projections", once=True)
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True, raising=False)
     monkeypatch.setattr("builtins.input", lambda prompt: "no")
 
     with pytest.raises(CommandError, match="cancelled"):
@@ -131,9 +163,51 @@ def test_reset_projection_asks_for_confirmation(
 
 
 @override_settings(EVENTSOURCE_PROJECTIONS=[SUMMARY])
+def test_reset_projection_resets_once_confirmed_on_a_terminal(
+    store: DjangoEventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    open_account(store)
+    run("run_projections", once=True)
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True, raising=False)
+    monkeypatch.setattr("builtins.input", lambda prompt: "yes")
+
+    run("reset_projection", "AccountSummaryProjection")
+
+    assert not AccountSummary.objects.exists()
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[SUMMARY])
+def test_reset_projection_without_a_terminal_refuses_unless_told_not_to_ask(
+    store: DjangoEventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    open_account(store)
+    run("run_projections", once=True)
+    monkeypatch.setattr("sys.stdin", StringIO(""))
+
+    with pytest.raises(CommandError, match=r"not a terminal\. Pass --no-input"):
+        run("reset_projection", "AccountSummaryProjection")
+
+    assert AccountSummary.objects.exists()
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[SUMMARY])
 def test_reset_projection_rejects_an_unknown_name() -> None:
     with pytest.raises(CommandError, match="Unknown projection 'Orders'"):
         run("reset_projection", "Orders", "--no-input")
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[SUMMARY])
+def test_reset_projection_rejects_an_unknown_name_before_asking(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[str] = []
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True, raising=False)
+    monkeypatch.setattr("builtins.input", lambda prompt: asked.append(prompt) or "yes")
+
+    with pytest.raises(CommandError, match="Unknown projection 'Orders'"):
+        run("reset_projection", "Orders")
+
+    assert asked == []
 
 
 @override_settings(EVENTSOURCE_PROJECTIONS=[FLAKY])

@@ -1,21 +1,22 @@
 """Inline projections: applied in the transaction that appends their events.
 
 ``DjangoEventStore.append_events`` calls :func:`run_inline_projections` right after its
-``INSERT``, inside its transaction (the caller's, when there is one). For each projection
-of ``EVENTSOURCE_PROJECTIONS`` with ``inline = True`` it *claims* the appended events by
-moving the projection's checkpoint from the position just before them to the last of
-them, in one ``UPDATE … WHERE position = first - 1``, and only then runs the handlers.
-The save, the read model and the checkpoint commit or roll back together.
+``INSERT``, inside its transaction (the caller's, when there is one). For each
+projection of ``EVENTSOURCE_PROJECTIONS`` with ``inline = True`` it *claims* the
+appended events by moving the projection's checkpoint from the position just before them
+to the last of them, in one ``UPDATE … WHERE position = first - 1``, and only then runs
+the handlers. The save, the read model and the checkpoint commit or roll back together.
 
 The claim succeeds only when every event before the appended ones was already applied
 (the checkpoint is exactly at the position before them) and the appended events hold
-consecutive positions (no concurrent writer's event between them). Otherwise nothing is
-applied here and the events are left to the runner, which reads them after the
-checkpoint as usual: a writer that lost the race, events appended while the runner was
-behind (a rebuild, the projection just switched to ``inline``), a gap left by a
-rolled-back append. Whoever moves the checkpoint past an event is the one that applied
-it, and the row lock taken by the ``UPDATE`` (the runner takes it too, for its whole
-batch) orders them, so no event is applied twice or skipped.
+consecutive positions (no concurrent writer's event between them); or when only empty
+positions lie before them (a rolled-back append) and no other transaction is writing
+events. Otherwise nothing is applied here and the events are left to the runner, which
+reads them after the checkpoint as usual: a writer that lost the race, events appended
+while the runner was behind (a rebuild, the projection just switched to ``inline``).
+Whoever moves the checkpoint past an event is the one that applied it, and the row lock
+taken by the ``UPDATE`` (the runner takes it too, for its whole batch) orders them, so
+no event is applied twice or skipped.
 """
 
 from __future__ import annotations
@@ -114,12 +115,49 @@ def _claim(
     """Move ``name``'s checkpoint from ``before`` to ``last_position``; whether it moved."""
     if _advance(alias, name, before, last_position, last, count):
         return True
-    if Checkpoint.objects.using(alias).for_projection(name).exists():
+    return _claim_across_gap(alias, name, before + 1, last_position, last, count)
+
+
+def _claim_across_gap(
+    alias: str, name: str, first: int, last_position: int, last: DomainEvent, count: int
+) -> bool:
+    """Claim when only empty positions lie between the checkpoint and ``first``.
+
+    Positions left empty by rolled-back appends (PostgreSQL sequences do not roll
+    back), or a projection that never ran on a store whose first events were rolled
+    back. Safe only when no event exists there now and none can still appear: no other
+    transaction is inserting events (on SQLite writers are serialized anyway).
+    """
+    locked = Checkpoint.objects.using(alias).select_for_update().for_projection(name)
+    current = locked.values_list("position", flat=True).first()
+    if current is None:
+        Checkpoint.objects.using(alias).ensure(name)
+        current = locked.values_list("position", flat=True).get()
+    current = int(current)
+    if current >= first:
         return False
-    # The projection never ran: start its checkpoint at 0, which is "just before" only
-    # when these are the store's first events.
-    Checkpoint.objects.using(alias).ensure(name)
-    return _advance(alias, name, before, last_position, last, count)
+    between = EventRecord.objects.using(alias).filter(position__gt=current, position__lt=first)
+    if between.exists() or _other_writers(alias):
+        return False
+    return _advance(alias, name, current, last_position, last, count)
+
+
+def _other_writers(alias: str) -> bool:
+    """Whether another transaction may still commit events (``True`` when unknown)."""
+    conn = connections[alias]
+    if conn.vendor == "sqlite":
+        return False  # one writer at a time: ours
+    if conn.vendor != "postgresql":
+        return True
+    with conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'relation' "
+            "AND relation = to_regclass(%s) AND mode = 'RowExclusiveLock' AND granted "
+            "AND pid <> pg_backend_pid() "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+            [conn.ops.quote_name(EventRecord._meta.db_table)],
+        )
+        return bool(cursor.fetchone()[0])
 
 
 def _advance(

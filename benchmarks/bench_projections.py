@@ -5,6 +5,7 @@ Usage::
     python benchmarks/bench_projections.py                    # PostgreSQL, then SQLite
     python benchmarks/bench_projections.py --backend sqlite   # one backend
     python benchmarks/bench_projections.py --events 20000     # a smaller log
+    python benchmarks/bench_projections.py --quick            # 20,000 events, fewer rounds
 
 Each backend runs in its own process on a fresh database (``BENCH_PG_NAME``, default
 ``eventsource_bench_projections``; ``BENCH_SQLITE_PATH``). The store holds ``--events``
@@ -25,6 +26,12 @@ is timed. Rows measured, in events per second:
   event;
 * the two catch-ups again with ``optimistic_batches = True`` (one savepoint per batch,
   per-event savepoints only after a failure).
+
+A second table builds a realistic read model, one summary row per account, per event,
+as a batch projection, inline and through the bare driver (see ``benchmarks/_read_model.py``
+for the method). Its raw and batch figures are taken twice: first on the freshly loaded
+table, never analyzed (autovacuum is off for it until then), then after
+``VACUUM ANALYZE``.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import _read_model as read_model
 from benchmarks._harness import Row, print_table, setup_django
 
 ACCOUNTS = 1_000
@@ -98,10 +106,16 @@ def catch_up_seconds(path: str, name: str) -> tuple[int, float]:
         return summary.total_processed, time.perf_counter() - start
 
 
-def run_backend(backend: str, events: int) -> None:
+def run_backend(backend: str, events: int, quick: bool) -> None:
     os.environ.setdefault("BENCH_PG_NAME", "eventsource_bench_projections")
     setup_django(backend)
+    if backend == "postgres":
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE eventsource_event SET (autovacuum_enabled = false)")
     populate(events)
+    fresh = read_model.compare(backend, rounds=1 if quick else 2, fresh=True)
     projections = {
         "counting": "CountingProjection",
         "counting_optimistic": "OptimisticCountingProjection",
@@ -145,6 +159,45 @@ def run_backend(backend: str, events: int) -> None:
         f"Projection catch-up over {events} events, {backend} (reference: raw driver SELECT)",
         rows,
     )
+    report_read_model(backend, events, quick, fresh)
+
+
+def report_read_model(
+    backend: str, events: int, quick: bool, fresh: tuple[float, float, bool]
+) -> None:
+    analyzed = read_model.compare(backend, rounds=1 if quick else 3, fresh=False)
+    per_event_limit = 2_000 if quick else 10_000
+    per_event = read_model.per_event_rate(per_event_limit)
+    without, with_inline, applied = read_model.inline_rates(
+        saves=100 if quick else 300, rounds=3 if quick else 5
+    )
+    batch_target = ">= 0.5x" + (", >= 30x per-event" if backend == "postgres" else "")
+    rows = [
+        Row("batch projection, fresh table", fresh[1], fresh[0], "/s", batch_target, True),
+        Row("batch projection, analyzed", analyzed[1], analyzed[0], "/s", batch_target, True),
+        Row(
+            f"per-event projection (first {per_event_limit:,})",
+            per_event,
+            analyzed[0],
+            "/s",
+            "",
+            True,
+        ),
+        Row("save of 1 event, inline upsert (saves/s)", with_inline, without, "/s", "", True),
+    ]
+    print_table(
+        f"Read model, one summary row per account, {events} events of {ACCOUNTS} accounts, "
+        f"{backend} (reference: raw driver fold + upsert; last row: the same save without "
+        "the inline projection)",
+        rows,
+    )
+    print(f"batch / per-event: {analyzed[1] / per_event:.1f}x (target on PostgreSQL: >= 30x)")
+    print(f"inline save cost: {without / with_inline:.2f}x the save without it (target <= 1.3x)")
+    print(
+        "same read model from raw and batch: "
+        f"{'yes' if fresh[2] and analyzed[2] else 'NO'}; inline applied every save: "
+        f"{'yes' if applied else 'NO'}"
+    )
 
 
 def settle(backend: str) -> None:
@@ -158,22 +211,26 @@ def settle(backend: str) -> None:
     if backend == "postgres":
         with connection.cursor() as cursor:
             cursor.execute("VACUUM ANALYZE eventsource_event")
+            cursor.execute("VACUUM ANALYZE testapp_accountactivity")
+            cursor.execute("ALTER TABLE eventsource_event RESET (autovacuum_enabled)")
     raw_read_seconds()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["postgres", "sqlite"])
-    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--events", type=int, default=None)
+    parser.add_argument(
+        "--quick", action="store_true", help="20,000 events (unless --events), fewer rounds"
+    )
     args = parser.parse_args()
+    events = args.events or (20_000 if args.quick else 100_000)
     if args.backend:
-        run_backend(args.backend, args.events)
+        run_backend(args.backend, events, args.quick)
         return
     for backend in ("postgres", "sqlite"):
-        subprocess.run(
-            [sys.executable, __file__, "--backend", backend, "--events", str(args.events)],
-            check=True,
-        )
+        command = [sys.executable, __file__, "--backend", backend, "--events", str(events)]
+        subprocess.run(command + (["--quick"] if args.quick else []), check=True)
 
 
 if __name__ == "__main__":

@@ -97,7 +97,10 @@ LOGIN_URL = "/admin/login/"
 REDIS_URL = os.environ.get("REDIS_URL")
 
 # --- django-eventsource -------------------------------------------------------------
-EVENTSOURCE_PROJECTIONS = ["example_project.orders.projections.OrderSummaryProjection"]
+EVENTSOURCE_PROJECTIONS = [
+    "example_project.orders.projections.OrderSummaryProjection",
+    "example_project.orders.projections.DailyOrderStatsProjection",
+]
 EVENTSOURCE_OUTBOX_ENABLED = True
 # In process, the bus is an InMemoryEventBus with the orders reactions subscribed to it;
 # with Redis, ``manage.py consume_events`` runs the same reactions.

@@ -1,8 +1,9 @@
 """Read models and reaction tables of the orders example.
 
 Nothing here is the source of truth: ``OrderSummary`` is rebuilt from the events by
-``OrderSummaryProjection`` and ``InventoryReservation`` is written by a bus handler when
-the outbox relay publishes order events.
+``OrderSummaryProjection`` (a batch projection), ``DailyOrderStats`` by
+``DailyOrderStatsProjection`` (an inline one) and ``InventoryReservation`` is written by
+a bus handler when the outbox relay publishes order events.
 """
 
 from __future__ import annotations
@@ -47,6 +48,23 @@ class OrderSummary(models.Model):
 
     def __str__(self) -> str:
         return f"{self.order_id} {self.customer} ({self.status})"
+
+
+class DailyOrderStats(models.Model):
+    """Orders created, shipped and cancelled per day; kept by ``DailyOrderStatsProjection``."""
+
+    day = models.DateField(_("day"), unique=True)
+    created = models.PositiveIntegerField(_("created"), default=0)
+    shipped = models.PositiveIntegerField(_("shipped"), default=0)
+    cancelled = models.PositiveIntegerField(_("cancelled"), default=0)
+
+    class Meta:
+        verbose_name = _("daily order statistics")
+        verbose_name_plural = _("daily order statistics")
+        ordering = ["-day"]
+
+    def __str__(self) -> str:
+        return f"{self.day}: {self.created} created, {self.shipped} shipped"
 
 
 class InventoryReservation(models.Model):

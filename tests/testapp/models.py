@@ -26,3 +26,15 @@ class HandledEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.projection}: {self.event_id}"
+
+
+class AccountActivity(models.Model):
+    """One summary row per account: events seen, running total, last seen (benchmarks)."""
+
+    account_id = models.UUIDField(primary_key=True)
+    events = models.PositiveIntegerField(default=0)
+    total = models.DecimalField(max_digits=20, decimal_places=2, default=0)
+    last_seen = models.DateTimeField(null=True)
+
+    def __str__(self) -> str:
+        return f"{self.account_id}: {self.events} events, {self.total}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 from uuid import UUID, uuid4
 
 from asgiref.sync import sync_to_async
@@ -21,7 +22,7 @@ from django_eventsource import (
 from django_eventsource.context import get_event_context
 
 from .domain import AccountOpened, MoneyDeposited, MoneyWithdrawn
-from .models import AccountSummary, HandledEvent
+from .models import AccountActivity, AccountSummary, HandledEvent
 
 #: Deposits of these amounts make ``FlakyLedgerProjection`` fail (tests edit the set).
 POISON_AMOUNTS: set[Decimal] = set()
@@ -227,6 +228,70 @@ class InlineBatchTallyProjection(BatchTallyProjection):
     """``BatchTallyProjection`` applied in the transaction of each append."""
 
     inline = True
+
+
+class ActivityProjection(DeclarativeProjection):
+    """``AccountActivity`` one event at a time: a row per opening, an UPDATE per deposit."""
+
+    @handles(AccountOpened)
+    def on_opened(self, event: AccountOpened) -> None:
+        AccountActivity.objects.create(
+            account_id=event.aggregate_id, events=1, last_seen=event.occurred_at
+        )
+
+    @handles(MoneyDeposited)
+    def on_deposited(self, event: MoneyDeposited) -> None:
+        AccountActivity.objects.filter(account_id=event.aggregate_id).update(
+            events=F("events") + 1, total=F("total") + event.amount, last_seen=event.occurred_at
+        )
+
+    def reset(self) -> None:
+        AccountActivity.objects.all().delete()
+
+
+class InlineActivityProjection(ActivityProjection):
+    """``ActivityProjection`` applied in the transaction of each append."""
+
+    inline = True
+
+
+class BatchActivityProjection(BatchProjection):
+    """``AccountActivity`` a page at a time: the page folded in memory, then one read of
+    the page's rows and one multi-row upsert."""
+
+    def subscribed_to(self) -> list[type[DomainEvent]]:
+        return [AccountOpened, MoneyDeposited]
+
+    def handle_batch(self, events: list[DomainEvent]) -> None:
+        folded: dict[UUID, list[Any]] = {}
+        for event in events:
+            entry = folded.get(event.aggregate_id)
+            if entry is None:
+                entry = folded[event.aggregate_id] = [0, Decimal(0), None]
+            entry[0] += 1
+            if isinstance(event, MoneyDeposited):
+                entry[1] += event.amount
+            entry[2] = event.occurred_at
+        rows = AccountActivity.objects.in_bulk(list(folded))
+        for account_id, (count, amount, seen) in folded.items():
+            row = rows.get(account_id)
+            if row is None:
+                rows[account_id] = AccountActivity(
+                    account_id=account_id, events=count, total=amount, last_seen=seen
+                )
+            else:
+                row.events += count
+                row.total += amount
+                row.last_seen = seen
+        AccountActivity.objects.bulk_create(
+            list(rows.values()),
+            update_conflicts=True,
+            unique_fields=["account_id"],
+            update_fields=["events", "total", "last_seen"],
+        )
+
+    def reset(self) -> None:
+        AccountActivity.objects.all().delete()
 
 
 def open_account(

@@ -28,7 +28,7 @@ from django_eventsource.projections.maintenance import retry_dead_letters
 from django_eventsource.projections.runner import run_projections
 
 from ...domain import Order
-from ...models import InventoryReservation, OrderSummary, Product
+from ...models import DailyOrderStats, InventoryReservation, OrderSummary, Product
 from ...projections import OrderSummaryProjection
 
 CATALOGUE = {
@@ -73,7 +73,9 @@ class Command(BaseCommand):
             Product.objects.get_or_create(sku=sku, defaults={"name": name})
 
         with event_context(actor_id="demo"):
+            stats_before = self.daily_stats()
             order_ids = self.create_orders(count)
+            self.show_inline_stats(stats_before, count)
             self.show_order(self.showcase_id or order_ids[0])
         self.catch_up_projections(order_ids)
         self.publish_outbox(order_ids)
@@ -124,6 +126,24 @@ class Command(BaseCommand):
         )
         return order_ids
 
+    @staticmethod
+    def daily_stats() -> tuple[int, int, int]:
+        rows = DailyOrderStats.objects.all()
+        return (
+            sum(row.created for row in rows),
+            sum(row.shipped for row in rows),
+            sum(row.cancelled for row in rows),
+        )
+
+    def show_inline_stats(self, before: tuple[int, int, int], count: int) -> None:
+        created, shipped, cancelled = (
+            now - then for now, then in zip(self.daily_stats(), before, strict=True)
+        )
+        self.stdout.write(
+            f"   inline projection DailyOrderStats, read right after the saves (no runner "
+            f"yet): +{created} created, +{shipped} shipped, +{cancelled} cancelled"
+        )
+
     def show_order(self, order_id: UUID) -> None:
         self.step("2. One order, reloaded from its events")
         order = self.repository.load(order_id)
@@ -137,7 +157,7 @@ class Command(BaseCommand):
             self.stdout.write(f"     v{event.aggregate_version} {event.event_type:<15} {fields}")
 
     def catch_up_projections(self, order_ids: list[UUID]) -> None:
-        self.step("3. Catching up the projections (run_projections --once)")
+        self.step("3. Catching up the batch projection (run_projections --once)")
         summary = run_projections(once=True, progress=self.progress)
         for name, count in summary.processed.items():
             self.stdout.write(f"   {name}: {count} events processed")
@@ -145,6 +165,10 @@ class Command(BaseCommand):
         self.stdout.write(
             f"   projection caught up: {found}/{len(order_ids)} orders of this run in "
             f"OrderSummary ({OrderSummary.objects.count()} rows in total)"
+        )
+        self.stdout.write(
+            "   (OrderSummaryProjection applies each page of events in one handle_batch call; "
+            "DailyOrderStatsProjection had nothing left to do: it ran inline)"
         )
 
     def publish_outbox(self, order_ids: list[UUID]) -> None:

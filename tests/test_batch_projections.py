@@ -33,8 +33,16 @@ from django_eventsource.projections.narrowing import apply_batch_projection
 from django_eventsource.projections.runner import run_projections
 from tests.testapp import projections as test_projections
 from tests.testapp.domain import AccountOpened, MoneyDeposited
-from tests.testapp.models import AccountSummary, HandledEvent
-from tests.testapp.projections import BATCH_LEDGER, BATCH_TALLY, TALLY, open_account
+from tests.testapp.models import AccountActivity, AccountSummary, HandledEvent
+from tests.testapp.projections import (
+    ACTIVITY,
+    BATCH_ACTIVITY,
+    BATCH_LEDGER,
+    BATCH_TALLY,
+    FOLD_ACTIVITY,
+    TALLY,
+    open_account,
+)
 
 pytestmark = [pytest.mark.django_db]
 
@@ -105,6 +113,42 @@ def test_a_batch_projection_over_20000_events_ends_equal_to_the_per_event_one(
     assert read_model() == per_event
     checkpoint = Checkpoint.objects.get(projection_name="BatchTallyProjection")
     assert checkpoint.position == store.get_global_position()
+
+
+def activity() -> dict[UUID, tuple[int, Decimal, Any]]:
+    return {r.account_id: (r.events, r.total, r.last_seen) for r in AccountActivity.objects.all()}
+
+
+def test_the_fold_form_and_a_hand_written_batch_build_the_per_event_read_model(
+    store: DjangoEventStore,
+) -> None:
+    append_accounts(store, accounts=30, deposits=20)
+    results = []
+    for path in (ACTIVITY, BATCH_ACTIVITY, FOLD_ACTIVITY):
+        name = path.rsplit(".", 1)[1]
+        with override_settings(EVENTSOURCE_PROJECTIONS=[path]):
+            reset_projection(name, rebuild=True, batch_size=64)
+        results.append(activity())
+
+    assert len(results[0]) == 30
+    assert results[1] == results[0]
+    assert results[2] == results[0]
+
+
+@override_settings(
+    EVENTSOURCE_PROJECTIONS=[FOLD_ACTIVITY], EVENTSOURCE_MAX_RETRIES=1, EVENTSOURCE_RETRY_BACKOFF=0
+)
+def test_a_fold_projection_dead_letters_a_poison_event_and_keeps_the_rest(
+    store: DjangoEventStore, poison: set[Decimal]
+) -> None:
+    account = open_account(store, deposits=("1", "2", "3", "4"))
+    poison.add(Decimal(3))
+
+    run_projections(once=True)
+
+    row = AccountActivity.objects.get(account_id=account)
+    assert (row.events, row.total) == (4, Decimal(7))
+    assert DeadLetter.objects.get().event_data["amount"] == "3"
 
 
 @override_settings(

@@ -20,6 +20,7 @@ from django_eventsource import (
     handles,
 )
 from django_eventsource.context import get_event_context
+from django_eventsource.projections.fold import FoldProjection
 
 from .domain import AccountOpened, MoneyDeposited, MoneyWithdrawn
 from .models import AccountActivity, AccountSummary, HandledEvent
@@ -294,6 +295,26 @@ class BatchActivityProjection(BatchProjection):
         AccountActivity.objects.all().delete()
 
 
+class FoldActivityProjection(FoldProjection):
+    """``AccountActivity`` in the declarative fold form."""
+
+    model = AccountActivity
+    key_field = "account_id"
+
+    @handles(AccountOpened)
+    def on_opened(self, row: AccountActivity, event: AccountOpened) -> None:
+        row.events += 1
+        row.last_seen = event.occurred_at
+
+    @handles(MoneyDeposited)
+    def on_deposited(self, row: AccountActivity, event: MoneyDeposited) -> None:
+        if event.amount in POISON_AMOUNTS:
+            raise ValueError(f"cannot book {event.amount}")
+        row.events += 1
+        row.total += event.amount
+        row.last_seen = event.occurred_at
+
+
 def open_account(
     store: EventStore, owner: str = "ann", deposits: tuple[str | int, ...] = ()
 ) -> UUID:
@@ -322,3 +343,6 @@ BATCH_TALLY = "tests.testapp.projections.BatchTallyProjection"
 BATCH_LEDGER = "tests.testapp.projections.BatchLedgerProjection"
 INLINE_TALLY = "tests.testapp.projections.InlineTallyProjection"
 INLINE_BATCH_TALLY = "tests.testapp.projections.InlineBatchTallyProjection"
+ACTIVITY = "tests.testapp.projections.ActivityProjection"
+BATCH_ACTIVITY = "tests.testapp.projections.BatchActivityProjection"
+FOLD_ACTIVITY = "tests.testapp.projections.FoldActivityProjection"

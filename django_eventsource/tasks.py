@@ -76,19 +76,19 @@ class _Logged:
         self.clock = time.monotonic
         self.started = self.last = self.clock()
 
-    def __call__(self, position: int, target: int) -> None:
+    def __call__(self, replayed: int, total: int) -> None:
         now = self.clock()
         if now - self.last < self.interval:
             return
         self.last = now
-        rate = position / max(now - self.started, 1e-9)
+        rate = replayed / max(now - self.started, 1e-9)
         logger.info(
-            "Rebuilding %s: position %d of %d (%.0f events/s)",
+            "Rebuilding %s: %d of %d events (%.0f events/s)",
             self.name,
-            position,
-            target,
+            replayed,
+            total,
             rate,
-            extra={"projection": self.name, "position": position, "target": target},
+            extra={"projection": self.name, "replayed": replayed, "total": total},
         )
 
 

@@ -16,6 +16,7 @@ from django.db import transaction
 
 from ..conf import conf
 from ..events.registry import default_registry
+from ..models import EventRecord
 from .base import RetryPolicy, apply_with_retries
 from .batch import BatchResult, _locked_position
 from .django_checkpoints import DjangoCheckpointRepository
@@ -35,8 +36,8 @@ class RetryReport:
     errors: dict[int, str] = field(default_factory=dict)
 
 
-#: Called after each batch of a rebuild with the position reached and the position the
-#: rebuild aims for (the safe high-water mark when it started).
+#: Called after each batch of a rebuild with the events replayed so far and the events
+#: there were to replay when it started (events appended since then come on top).
 RebuildProgress = Callable[[int, int], None]
 
 
@@ -52,7 +53,7 @@ def reset_projection(
 
     With ``rebuild`` it then replays every event from position 0, in batches of
     ``batch_size`` events (default ``EVENTSOURCE_REBUILD_BATCH_SIZE``), calling
-    ``progress`` with a percentage and ``on_progress`` with positions after each batch.
+    ``progress`` with a percentage and ``on_progress`` with event counts after each batch.
     Raises ``ProjectionBusyError`` when a runner is working on the projection.
     """
     (projection,) = load_projections([name])
@@ -74,10 +75,14 @@ def reset_projection(
         if rebuild:
             ctx = batch_context(using, batch_size=batch_size or conf.REBUILD_BATCH_SIZE)
             target = ctx.store.safe_high_water_mark()
+            total = _events_up_to(target) if on_progress is not None else 0
+            replayed = 0
 
             def report(result: BatchResult) -> None:
+                nonlocal replayed
+                replayed += result.count
                 if on_progress is not None:
-                    on_progress(result.to_position, target)
+                    on_progress(replayed, total)
 
             drain(
                 projection,
@@ -90,6 +95,11 @@ def reset_projection(
                 on_batch=report,
             )
     return summary
+
+
+def _events_up_to(position: int) -> int:
+    """How many stored events there are up to ``position`` (one count, for the progress)."""
+    return EventRecord.objects.filter(position__lte=position).count()
 
 
 def retry_dead_letters(

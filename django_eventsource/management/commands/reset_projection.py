@@ -53,8 +53,8 @@ class Command(BaseCommand):
 
         display = ProgressDisplay(self.stdout, f"Rebuilding {name}", enabled=verbosity >= 1)
 
-        def on_progress(position: int, target: int) -> None:
-            display.update(position, total=max(target, position))
+        def on_progress(replayed: int, total: int) -> None:
+            display.update(replayed, total=max(total, replayed))
 
         try:
             summary = reset_projection(

@@ -20,7 +20,7 @@ from tests.testapp.domain import Account, AccountOpened, MoneyDeposited
 from tests.testapp.models import AccountSummary
 from tests.testapp.projections import INLINE_BATCH_TALLY, INLINE_TALLY
 
-pytestmark = [pytest.mark.django_db]
+pytestmark = [pytest.mark.own_sql, pytest.mark.django_db]
 
 NAME = "InlineTallyProjection"
 

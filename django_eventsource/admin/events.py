@@ -59,6 +59,7 @@ class EventChangeList(QuietChangeList):
     oldest_url: str | None = None
     first_position: int | None = None
     cursor_active = False
+    jump_hidden: list[tuple[str, str]] = []
     last_position: int | None = None
 
     def get_results(self, request: HttpRequest) -> None:
@@ -75,13 +76,22 @@ class EventChangeList(QuietChangeList):
             rows = list(self.queryset.order_by("position")[: per_page + 1])
             more_newer = len(rows) > per_page
             rows = rows[:per_page][::-1]
-            more_older = bool(rows)
+            # After position 0 nothing is older; after any other, older events exist
+            # (unless the filters exclude them: that page then says it is empty).
+            more_older = bool(rows) and request.GET.get(AFTER_VAR, "").strip() != "0"
         else:
             rows = list(self.queryset[: per_page + 1])
             more_older = len(rows) > per_page
             rows = rows[:per_page]
             more_newer = self.cursor_active
         cursor_vars = [*PositionCursorFilter.parameters, "p"]
+        # The jump-to-position form keeps the other parameters (filters, search).
+        self.jump_hidden = [
+            (key, value)
+            for key, values in request.GET.lists()
+            if key not in cursor_vars
+            for value in values
+        ]
         if rows:
             self.first_position, self.last_position = rows[0].position, rows[-1].position
         if more_newer:

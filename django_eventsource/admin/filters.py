@@ -143,12 +143,14 @@ POSITION_VAR = "position"
 class PositionCursorFilter(admin.ListFilter):
     """The events list's keyset paging: ``?before=N``, ``?after=N`` or ``?position=N``.
 
-    Not shown in the sidebar; it only bounds the position range, which the
+    Nothing in the sidebar (an empty template); it only bounds the position range, which the
     ``(column, position)`` indexes and the primary key answer directly at any depth.
     ``EventChangeList`` turns ``after`` into an ascending read.
     """
 
     title = _("position")
+    # Django keeps only filters with output; this one's template renders nothing.
+    template = "admin/django_eventsource/no_output_filter.html"
     parameters = (BEFORE_VAR, AFTER_VAR, POSITION_VAR)
     lookups = {BEFORE_VAR: "position__lt", AFTER_VAR: "position__gt", POSITION_VAR: "position__lte"}
 
@@ -172,7 +174,7 @@ class PositionCursorFilter(admin.ListFilter):
                 self.used_parameters[name] = value
 
     def has_output(self) -> bool:
-        return False
+        return True
 
     def expected_parameters(self) -> list[str | None]:
         return list(self.parameters)

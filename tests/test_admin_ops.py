@@ -18,7 +18,7 @@ from django_eventsource import DjangoEventStore, DomainEvent
 from django_eventsource.admin import EventRecordAdmin
 from django_eventsource.admin._common import ADMIN_STYLESHEET
 from django_eventsource.admin.dashboard import BEHIND, RUNNING, projection_status
-from django_eventsource.models import Checkpoint, DeadLetter, EventRecord, OutboxMessage
+from django_eventsource.models import Checkpoint, EventRecord, OutboxMessage
 from django_eventsource.projections.django_dead_letters import DjangoDLQRepository
 from tests.factories import AccountOpenedFactory, account_history
 

@@ -208,7 +208,7 @@ class EventRecordAdmin(ReadOnlyAdminMixin, _EventAdminBase):
                 "occurred_at",
                 "payload_full",
             )
-        return self.list_display  # type: ignore[return-value]
+        return self.list_display
 
     def get_urls(self) -> list[URLPattern]:
         dashboard = path(

@@ -85,7 +85,7 @@ class OutboxMessageAdmin(ReadOnlyAdminMixin, _OutboxAdminBase):
         if obj.status == OutboxMessage.Status.PUBLISHED:
             self.message_user(request, _("This message is already published."), messages.WARNING)
         else:
-            self.retry_now(request, queryset)  # type: ignore[arg-type]
+            self.retry_now(request, queryset)
         return HttpResponseRedirect(
             reverse(
                 "admin:django_eventsource_outboxmessage_change",

@@ -46,7 +46,8 @@ def save(events: list[DomainEvent]) -> None:
 def positions(response: Any) -> list[int]:
     """The positions listed on an events page, top to bottom."""
     return [
-        int(p) for p in re.findall(r'<th class="field-position"><a [^>]*>(\d+)</a>', response.text)
+        int(p)
+        for p in re.findall(r'<th class="field-event_position"><a [^>]*>(\d+)</a>', response.text)
     ]
 
 
@@ -173,7 +174,7 @@ def test_one_aggregate_stream_in_version_order_with_payloads(admin_client: Clien
         {"aggregate_type": "Account", "aggregate_id": str(history[0].aggregate_id)},
     )
 
-    versions = re.findall(r'<td class="field-aggregate_version">(\d+)</td>', response.text)
+    versions = re.findall(r'<td class="field-version">(\d+)</td>', response.text)
     assert versions == ["1", "2", "3", "4"]
     assert response.text.count('<pre class="eventsource-pre eventsource-json">') == 4
     assert "4 events in this stream, in version order" in response.text

@@ -362,3 +362,14 @@ def test_the_jump_form_keeps_the_filters_but_not_the_old_cursor(
     assert form is not None
     assert '<input type="hidden" name="event_type" value="MoneyDeposited">' in form[0]
     assert 'name="before"' not in form[0]
+
+
+def test_a_page_deep_in_the_list_is_one_query_without_a_count(
+    admin_client: Client, many_events: list[int]
+) -> None:
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.get(changelist("eventrecord"), {"before": str(many_events[5])})
+    own = [q["sql"] for q in queries.captured_queries if "eventsource_" in q["sql"]]
+    assert len(own) == 1
+    assert "COUNT(" not in own[0].upper()
+    assert f"positions {many_events[6]} to {many_events[10]}" in response.text

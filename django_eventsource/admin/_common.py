@@ -141,11 +141,14 @@ class EstimatedCountPaginator(_PaginatorBase):
     count_limit = 10_000
     count_is_estimate = False
     count_is_capped = False
+    #: Ask the planner first. A list that knows its filters are selective turns this
+    #: off and pays for one limited count only.
+    use_estimate = True
 
     @cached_property
     def count(self) -> int:
         queryset: QuerySet[Any] = self.object_list  # type: ignore[assignment]
-        estimate = _planner_row_estimate(queryset)
+        estimate = _planner_row_estimate(queryset) if self.use_estimate else -1
         if estimate > self.count_limit:
             self.count_is_estimate = True
             return estimate

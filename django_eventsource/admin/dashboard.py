@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, IntegerField, OuterRef, Subquery
+from django.db.models import Count, IntegerField, Min, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -123,6 +123,22 @@ def dashboard_rows(now: datetime, url: Callable[[str], str]) -> list[ProjectionR
     return rows
 
 
+def outbox_summary() -> dict[str, Any]:
+    """Pending and failed rows and the oldest pending row's age, in one query.
+
+    Unlike ``status_summary()`` it never counts published rows (days of them, before
+    ``EVENTSOURCE_OUTBOX_RETENTION_DAYS`` deletes them): the status index finds the few
+    rows that matter.
+    """
+    status = OutboxMessage.Status
+    pending = Q(status=status.PENDING)
+    return OutboxMessage.objects.filter(status__in=[status.PENDING, status.FAILED]).aggregate(
+        pending=Count("id", filter=pending),
+        failed=Count("id", filter=Q(status=status.FAILED)),
+        oldest_pending=Min("created_at", filter=pending),
+    )
+
+
 def dashboard_view(site: AdminSite) -> Callable[[HttpRequest], HttpResponse]:
     """The dashboard page of ``site`` (mounted by the events admin at ``dashboard/``)."""
 
@@ -134,7 +150,7 @@ def dashboard_view(site: AdminSite) -> Callable[[HttpRequest], HttpResponse]:
             raise PermissionDenied
         now = timezone.now()
         projections = dashboard_rows(now, url)
-        outbox = OutboxMessage.objects.status_summary()
+        outbox = outbox_summary()
         oldest = outbox["oldest_pending"]
         context = {
             **site.each_context(request),

@@ -60,6 +60,7 @@ class EventChangeList(QuietChangeList):
     oldest_url: str | None = None
     first_position: int | None = None
     cursor_active = False
+    count_shown = True
     jump_hidden: list[tuple[str, str]] = []
     last_position: int | None = None
 
@@ -109,7 +110,15 @@ class EventChangeList(QuietChangeList):
             self.oldest_url = self.get_query_string({AFTER_VAR: 0}, remove=cursor_vars)
         self.result_list = rows
         self.paginator = paginator
-        self.result_count = paginator.count
+        if self.cursor_active:
+            # A page deep in the list: its range says where it is; counting what lies
+            # beyond would cost more than the page itself.
+            self.count_shown = False
+            self.result_count = len(rows)
+        elif not more_older:
+            self.result_count = len(rows)  # everything is on this page: counted already
+        else:
+            self.result_count = paginator.count
         self.show_full_result_count = False
         self.full_result_count = self.result_count if not self.has_active_filters else None
         self.can_show_all = False
@@ -206,6 +215,23 @@ class EventRecordAdmin(ReadOnlyAdminMixin, _EventAdminBase):
         if request.GET.get("aggregate_id"):
             return ("event_position", "version", "event_type", "occurred", "payload_full")
         return self.list_display
+
+    def get_paginator(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[EventRecord],
+        per_page: int,
+        orphans: int = 0,
+        allow_empty_first_page: bool = True,
+    ) -> EstimatedCountPaginator:
+        paginator = EstimatedCountPaginator(queryset, per_page, orphans, allow_empty_first_page)
+        # Unfiltered, PostgreSQL's estimate is the best figure ("about 1000000");
+        # filtered, one count that stops after count_limit rows replaces it, so a page
+        # costs two queries at most.
+        paginator.use_estimate = not (
+            set(request.GET) - {"p", "o", *PositionCursorFilter.parameters}
+        )
+        return paginator
 
     def get_urls(self) -> list[URLPattern]:
         dashboard = path(

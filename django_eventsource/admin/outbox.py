@@ -16,7 +16,7 @@ from django.views.decorators.http import require_POST
 
 from ..models import OutboxMessage, OutboxMessageQuerySet
 from ..outbox.relay import retry_failed
-from ._common import ReadOnlyAdminMixin, preformatted, pretty_json
+from ._common import EstimatedCountPaginator, ReadOnlyAdminMixin, preformatted, pretty_json
 
 if TYPE_CHECKING:
     _OutboxAdminBase = admin.ModelAdmin[OutboxMessage]
@@ -42,6 +42,8 @@ class OutboxMessageAdmin(ReadOnlyAdminMixin, _OutboxAdminBase):
     list_filter = ("status",)
     search_fields = ("=event_id", "=aggregate_id")
     ordering = ("-id",)
+    # Published rows pile up until EVENTSOURCE_OUTBOX_RETENTION_DAYS: never count them all.
+    paginator = EstimatedCountPaginator
     show_full_result_count = False
     actions = ("retry_now",)
     readonly_fields = ("event_data_json", "last_error_text")

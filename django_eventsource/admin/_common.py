@@ -69,6 +69,10 @@ class QuietChangeList(ChangeList):
             self.full_result_count = self.result_count
 
 
+#: Query parameters that page or order a list without filtering it.
+_NOT_FILTERS = {"p", "o", "before", "after", "position"}
+
+
 class ReadOnlyAdminMixin:
     """Every model field read-only, no add, no save: the change page is a detail page.
 
@@ -83,6 +87,24 @@ class ReadOnlyAdminMixin:
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return QuietChangeList
+
+    def get_paginator(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[Any],
+        per_page: int,
+        orphans: int = 0,
+        allow_empty_first_page: bool = True,
+    ) -> Paginator[Any]:
+        paginator: Paginator[Any] = super().get_paginator(  # type: ignore[misc]
+            request, queryset, per_page, orphans, allow_empty_first_page
+        )
+        if isinstance(paginator, EstimatedCountPaginator):
+            # Unfiltered, PostgreSQL's estimate is the best figure ("about 1000000");
+            # filtered, one count that stops after count_limit rows replaces it, so a
+            # page costs two queries at most.
+            paginator.use_estimate = not (set(request.GET) - _NOT_FILTERS)
+        return paginator
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

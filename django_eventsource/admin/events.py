@@ -216,23 +216,6 @@ class EventRecordAdmin(ReadOnlyAdminMixin, _EventAdminBase):
             return ("event_position", "version", "event_type", "occurred", "payload_full")
         return self.list_display
 
-    def get_paginator(
-        self,
-        request: HttpRequest,
-        queryset: QuerySet[EventRecord],
-        per_page: int,
-        orphans: int = 0,
-        allow_empty_first_page: bool = True,
-    ) -> EstimatedCountPaginator:
-        paginator = EstimatedCountPaginator(queryset, per_page, orphans, allow_empty_first_page)
-        # Unfiltered, PostgreSQL's estimate is the best figure ("about 1000000");
-        # filtered, one count that stops after count_limit rows replaces it, so a page
-        # costs two queries at most.
-        paginator.use_estimate = not (
-            set(request.GET) - {"p", "o", *PositionCursorFilter.parameters}
-        )
-        return paginator
-
     def get_urls(self) -> list[URLPattern]:
         dashboard = path(
             "dashboard/",

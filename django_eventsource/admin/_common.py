@@ -100,10 +100,8 @@ class ReadOnlyAdminMixin:
             request, queryset, per_page, orphans, allow_empty_first_page
         )
         if isinstance(paginator, EstimatedCountPaginator):
-            # Unfiltered, PostgreSQL's estimate is the best figure ("about 1000000");
-            # filtered, one count that stops after count_limit rows replaces it, so a
-            # page costs two queries at most.
-            paginator.use_estimate = not (set(request.GET) - _NOT_FILTERS)
+            # Filtered, a page costs two queries: its rows and one limited count.
+            paginator.filtered = bool(set(request.GET) - _NOT_FILTERS)
         return paginator
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -155,7 +153,8 @@ class EstimatedCountPaginator(_PaginatorBase):
 
     On PostgreSQL it first asks the planner how many rows the (filtered) query returns,
     which costs no table access; when the estimate is above ``count_limit`` the estimate
-    is shown. Otherwise, and on other databases, it counts at most ``count_limit`` rows.
+    is shown. Otherwise, on other databases, and for filtered lists (``filtered``), it
+    counts at most ``count_limit`` rows.
     ``count_is_estimate`` and ``count_is_capped`` tell the template to say "about" or
     "more than".
     """
@@ -163,14 +162,19 @@ class EstimatedCountPaginator(_PaginatorBase):
     count_limit = 10_000
     count_is_estimate = False
     count_is_capped = False
-    #: Ask the planner first. A list that knows its filters are selective turns this
-    #: off and pays for one limited count only.
-    use_estimate = True
+    #: Set for filtered lists: no estimate (the filter's index finds the rows), one
+    #: count of at most ``count_limit`` rows in no particular order, which stops after
+    #: that many; in the list's order it could sort every match first.
+    filtered = False
 
     @cached_property
     def count(self) -> int:
         queryset: QuerySet[Any] = self.object_list  # type: ignore[assignment]
-        estimate = _planner_row_estimate(queryset) if self.use_estimate else -1
+        if self.filtered:
+            counted = queryset.order_by()[: self.count_limit + 1].count()
+            self.count_is_capped = counted > self.count_limit
+            return min(counted, self.count_limit)
+        estimate = planner_row_estimate(queryset)
         if estimate > self.count_limit:
             self.count_is_estimate = True
             return estimate
@@ -183,7 +187,7 @@ class EstimatedCountPaginator(_PaginatorBase):
         return counted
 
 
-def _planner_row_estimate(queryset: QuerySet[Any]) -> int:
+def planner_row_estimate(queryset: QuerySet[Any]) -> int:
     """PostgreSQL's estimate of the rows ``queryset`` returns; -1 on other databases."""
     connection = connections[queryset.db]
     if connection.vendor != "postgresql":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 from django.contrib import admin, messages
@@ -22,6 +22,7 @@ from ._common import (
     EstimatedCountPaginator,
     QuietChangeList,
     ReadOnlyAdminMixin,
+    planner_row_estimate,
     pretty_json,
     short_id,
 )
@@ -71,7 +72,10 @@ class EventChangeList(QuietChangeList):
             super().get_results(request)
             return
         per_page = self.list_per_page
-        paginator = self.model_admin.get_paginator(request, self.queryset, per_page)
+        paginator = cast(
+            EstimatedCountPaginator,
+            self.model_admin.get_paginator(request, self.queryset, per_page),
+        )
         after = AFTER_VAR in self.params
         self.cursor_active = any(key in self.params for key in PositionCursorFilter.parameters)
         if after:
@@ -117,6 +121,18 @@ class EventChangeList(QuietChangeList):
             self.result_count = len(rows)
         elif not more_older:
             self.result_count = len(rows)  # everything is on this page: counted already
+        elif (self.has_active_filters or self.query) and (
+            estimate := planner_row_estimate(self.queryset)
+        ) >= 0:
+            # Filtered, on PostgreSQL: the planner's figure, or "more than" this page
+            # when it guesses lower. Counting the matches of a common filter could sort
+            # them all on a table the planner knows nothing about yet.
+            if estimate > per_page:
+                paginator.count_is_estimate = True
+                self.result_count = estimate
+            else:
+                paginator.count_is_capped = True
+                self.result_count = per_page
         else:
             self.result_count = paginator.count
         self.show_full_result_count = False

@@ -25,7 +25,13 @@ FENCE = re.compile(r"^```(?P<lang>\w*)(?P<attrs>[^\n]*)\n(?P<body>.*?)^```\s*$",
 TITLE = re.compile(r'title="(?P<title>[^"]+)"')
 APPEND_SUFFIX = " (add at the end)"
 # Commands of the guide that need a person at the keyboard (or the network).
-INTERACTIVE = ("pip install", "manage.py createsuperuser", "manage.py runserver")
+INTERACTIVE = (
+    "pip install",
+    "python -m venv",
+    "/bin/activate",
+    "manage.py createsuperuser",
+    "manage.py runserver",
+)
 
 
 @dataclass

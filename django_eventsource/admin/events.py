@@ -60,10 +60,10 @@ class EventChangeList(QuietChangeList):
     newest_url: str | None = None
     oldest_url: str | None = None
     first_position: int | None = None
+    last_position: int | None = None
     cursor_active = False
     count_shown = True
     jump_hidden: list[tuple[str, str]] = []
-    last_position: int | None = None
 
     def get_results(self, request: HttpRequest) -> None:
         if request.GET.get("aggregate_id"):

@@ -6,7 +6,11 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from ...health import get_health
+from ...health import HealthReport, get_health
+from ...models import DeadLetter
+
+#: Sequences listed one by one; the rest are summed up in one line.
+SEQUENCES_SHOWN = 20
 
 
 class Command(BaseCommand):
@@ -59,7 +63,42 @@ class Command(BaseCommand):
                 )
         elif verbosity >= 2:
             write("No readers held back.")
+        write_paused_and_parked(self, report)
         for problem in report.problems:
             write(self.style.ERROR(f"Problem: {problem}"))
         if verbosity >= 1 and not report.problems:
             write(self.style.SUCCESS("OK"))
+
+
+def write_paused_and_parked(command: BaseCommand, report: HealthReport) -> None:
+    """The paused projections with their last error, and the sequences with parked events.
+
+    For each open sequence with events waiting: its projection, key, head dead letter
+    and how many events wait behind it (the first ``SEQUENCES_SHOWN``, largest first).
+    """
+    write, style = command.stdout.write, command.style
+    for projection in report.projections:
+        if projection.paused:
+            write(
+                style.ERROR(
+                    f"Paused: {projection.name} (last error: {projection.last_error or '-'}); "
+                    f"resume with: manage.py resume_projection {projection.name}"
+                )
+            )
+    waiting = DeadLetter.objects.waiting_counts()
+    if not waiting:
+        return
+    heads = {
+        (row.projection_name, row.sequence_key): row.pk
+        for row in DeadLetter.objects.heads()
+        .exclude(sequence_key="")
+        .only("id", "projection_name", "sequence_key")
+    }
+    ordered = sorted(waiting.items(), key=lambda item: (-item[1], item[0]))
+    write(style.WARNING(f"Parked events: {sum(waiting.values())} in {len(waiting)} sequence(s)"))
+    for (name, key), count in ordered[:SEQUENCES_SHOWN]:
+        head = heads.get((name, key))
+        behind = f"dead letter #{head}" if head is not None else "a resolved head (retry it)"
+        write(style.WARNING(f"  {name} sequence {key}: {count} waiting behind {behind}"))
+    if len(ordered) > SEQUENCES_SHOWN:
+        write(style.WARNING(f"  … and {len(ordered) - SEQUENCES_SHOWN} more sequence(s)"))

@@ -435,3 +435,117 @@ def test_a_stop_during_retry_backoff_ends_the_batch_without_dead_lettering(
     first = next(iter(streams.store.read_all()))
     assert checkpoint("StopAfter").position == first.global_position
     assert read_model()[account][0] == "1,"
+
+
+# -- retry_dead_letters, the command -------------------------------------------------------
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[ORDERED], EVENTSOURCE_MAX_RETRIES=1)
+def test_retry_dead_letters_exits_non_zero_while_some_stay_failing_or_an_id_is_unknown() -> None:
+    streams = Streams()
+    account = streams.open()
+    streams.deposit(account)
+    sequenced.OrderedLedger.failing = {(account, 1)}
+    run_projections(once=True)
+    head = DeadLetter.objects.get(parked=False)
+
+    out = StringIO()
+    with pytest.raises(CommandError, match=r"1 dead letter\(s\) still failing"):
+        call_command("retry_dead_letters", stdout=out)
+    assert f"#{head.pk}: RuntimeError: cannot record version 1" in out.getvalue()
+    assert "0 resolved, 1 still failing, 1 waiting behind them." in out.getvalue()
+
+    sequenced.OrderedLedger.failing = set()
+    with pytest.raises(CommandError, match="not found"):
+        call_command("retry_dead_letters", "--id", "999999", stdout=StringIO())
+
+    out = StringIO()
+    call_command("retry_dead_letters", "--id", str(head.pk), stdout=out)
+    assert "Retrying: 2/2 events (100%)" in out.getvalue()
+    assert "2 resolved, 0 still failing." in out.getvalue()
+
+
+# -- the admin's dead-letter pages ---------------------------------------------------------
+
+
+@pytest.fixture
+def parked_sequence(settings: Any) -> DeadLetter:
+    settings.EVENTSOURCE_PROJECTIONS = [ORDERED]
+    settings.EVENTSOURCE_MAX_RETRIES = 1
+    streams = Streams()
+    account = streams.open()
+    streams.deposit(account)
+    streams.deposit(account)
+    sequenced.OrderedLedger.failing = {(account, 1)}
+    run_projections(once=True)
+    return DeadLetter.objects.get(parked=False)
+
+
+def test_the_dead_letter_list_shows_the_error_and_how_many_wait(
+    admin_client: Client, parked_sequence: DeadLetter
+) -> None:
+    response = admin_client.get("/admin/django_eventsource/deadletter/?parked__exact=0")
+
+    assert "RuntimeError: cannot record version 1" in response.text
+    assert "2 waiting" in response.text
+
+
+def test_a_parked_event_page_links_to_its_head_and_offers_no_button(
+    admin_client: Client, parked_sequence: DeadLetter
+) -> None:
+    parked = DeadLetter.objects.filter(parked=True).first()
+    assert parked is not None
+
+    response = admin_client.get(f"/admin/django_eventsource/deadletter/{parked.pk}/change/")
+
+    assert "<h1>View dead letter</h1>" in response.text
+    assert f"Parked behind #{parked_sequence.pk}" in response.text
+    assert 'name="retry"' not in response.text
+    with pytest.raises(ValueError, match="waits behind the head"):
+        skip_dead_letter(parked.pk, "ops")
+
+
+def test_the_head_page_skips_and_resolves_with_its_buttons(
+    admin_client: Client, parked_sequence: DeadLetter
+) -> None:
+    page = admin_client.get(f"/admin/django_eventsource/deadletter/{parked_sequence.pk}/change/")
+    assert 'name="retry"' in page.text and 'name="skip"' in page.text
+    assert "2 events wait behind the head" in page.text
+
+    skipped = admin_client.post(
+        f"/admin/django_eventsource/deadletter/{parked_sequence.pk}/skip/", follow=True
+    )
+    second = DeadLetter.objects.get(parked=False, status=DeadLetter.Status.FAILED)
+    assert f"#{second.pk} is now the head of its sequence" in skipped.text
+
+    resolved = admin_client.post(
+        f"/admin/django_eventsource/deadletter/{second.pk}/resolve/", follow=True
+    )
+    third = DeadLetter.objects.get(parked=False, status=DeadLetter.Status.FAILED)
+    assert f"#{third.pk} is now the head" in resolved.text
+    second.refresh_from_db()
+    assert second.resolved_by == "admin" and second.status == DeadLetter.Status.RESOLVED
+    assert read_model() == {}  # neither handled anything
+
+
+def test_view_only_staff_get_no_buttons_and_cannot_post_them(
+    client: Client, parked_sequence: DeadLetter
+) -> None:
+    from django.contrib.auth.models import Permission, User
+
+    user = User.objects.create_user("viewer", password="x", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_deadletter"))
+    client.force_login(user)
+
+    page = client.get(f"/admin/django_eventsource/deadletter/{parked_sequence.pk}/change/")
+    assert page.status_code == 200 and 'name="retry"' not in page.text
+    for button in ("retry", "skip", "resolve"):
+        response = client.post(
+            f"/admin/django_eventsource/deadletter/{parked_sequence.pk}/{button}/"
+        )
+        assert response.status_code == 403
+    assert client.get(
+        f"/admin/django_eventsource/deadletter/{parked_sequence.pk}/retry/"
+    ).status_code in (403, 405)
+    parked_sequence.refresh_from_db()
+    assert parked_sequence.status == DeadLetter.Status.FAILED

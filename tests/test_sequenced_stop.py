@@ -28,8 +28,11 @@ from tests.testapp.sequenced import SLOW
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 ROOT = Path(__file__).resolve().parent.parent
-#: From SIGTERM to exit: the event being handled (1 s) plus the commit and the exit.
-STOP_WITHIN_SECONDS = 2.0
+#: From SIGTERM to exit: the event being handled (1 s), the commit and the exit. Measured
+#: at 1.1-1.5 s; the bound leaves room for a loaded machine, and without a prompt stop the
+#: batch would take another 28 s. The exact check is the count: at most the one event
+#: in flight is handled after the signal.
+STOP_WITHIN_SECONDS = 3.0
 
 
 def start_runner(marker: Path, sleep: float, *args: str) -> subprocess.Popen[bytes]:
@@ -78,6 +81,7 @@ def test_sigterm_mid_batch_stops_within_two_seconds_and_a_restart_loses_and_doub
     runner = start_runner(marker, 1.0, "--once", "--batch-size", "100")
     try:
         wait_for_marker(marker, runner, at_least=2)
+        handled_at_signal = int(marker.read_text())
         signalled = time.monotonic()
         runner.send_signal(signal.SIGTERM)
         _, stderr = runner.communicate(timeout=30)
@@ -90,6 +94,7 @@ def test_sigterm_mid_batch_stops_within_two_seconds_and_a_restart_loses_and_doub
     assert runner.returncode == 0, stderr.decode()
     assert elapsed <= STOP_WITHIN_SECONDS, f"stopped {elapsed:.2f}s after SIGTERM"
     handled_before = int(marker.read_text())
+    assert handled_before <= handled_at_signal + 1  # only the event in flight went on
     committed = HandledEvent.objects.filter(projection="SlowJournal").count()
     assert 2 <= committed == handled_before < len(deposits)
     position = Checkpoint.objects.get(projection_name="SlowJournal").position

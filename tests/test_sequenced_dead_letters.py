@@ -297,7 +297,13 @@ def test_a_projection_failing_on_every_event_pauses_and_resumes_from_its_checkpo
     assert "catalogue entry 'item 2' is missing" in paused.last_error
     assert AccountSummary.objects.count() == 20
 
-    # A paused projection takes no new events; --once returns at once.
+    # A paused projection takes no new events; --once returns at once, and the command
+    # says so with the "problem" exit status.
+    out = StringIO()
+    with pytest.raises(SystemExit) as exit_info:
+        call_command("run_projections", once=True, stdout=out)
+    assert exit_info.value.code == 3
+    assert "MissingCatalogue: paused after repeated failures" in out.getvalue()
     again = run_projections(once=True)
     assert again.processed["MissingCatalogue"] == 0 and again.paused == ["MissingCatalogue"]
     assert checkpoint("MissingCatalogue").position == third.global_position
@@ -310,8 +316,11 @@ def test_a_projection_failing_on_every_event_pauses_and_resumes_from_its_checkpo
     assert "MissingCatalogue" in problem and "catalogue entry 'item 2' is missing" in problem
 
     out = StringIO()
-    call_command("eventsource_status", stdout=out)
+    with pytest.raises(SystemExit) as exit_info:
+        call_command("eventsource_status", stdout=out)
+    assert exit_info.value.code == 3
     assert "Paused: MissingCatalogue (last error: LookupError: catalogue entry" in out.getvalue()
+    assert "Problem: projection MissingCatalogue is paused" in out.getvalue()
 
     listing = admin_client.get("/admin/django_eventsource/checkpoint/")
     assert "paused" in listing.text and "catalogue entry &#x27;item 2&#x27; is missing" in (
@@ -450,13 +459,14 @@ def test_retry_dead_letters_exits_non_zero_while_some_stay_failing_or_an_id_is_u
     head = DeadLetter.objects.get(parked=False)
 
     out = StringIO()
-    with pytest.raises(CommandError, match=r"1 dead letter\(s\) still failing"):
+    with pytest.raises(SystemExit) as exit_info:
         call_command("retry_dead_letters", stdout=out)
+    assert exit_info.value.code == 3  # a problem reported, after the report
     assert f"#{head.pk}: RuntimeError: cannot record version 1" in out.getvalue()
     assert "0 resolved, 1 still failing, 1 waiting behind them." in out.getvalue()
 
     sequenced.OrderedLedger.failing = set()
-    with pytest.raises(CommandError, match="not found"):
+    with pytest.raises(CommandError, match="No such dead letter: #999999"):
         call_command("retry_dead_letters", "--id", "999999", stdout=StringIO())
 
     out = StringIO()

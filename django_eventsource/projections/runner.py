@@ -47,6 +47,8 @@ class RunSummary:
     processed: dict[str, int] = field(default_factory=dict)
     dead_lettered: int = 0
     batches: int = 0
+    #: Projections passed over because another runner held them.
+    skipped: list[str] = field(default_factory=list)
     parked: int = 0
     paused: list[str] = field(default_factory=list)
 
@@ -203,6 +205,8 @@ def run_projections(
                             projection.name,
                             extra={"projection": projection.name},
                         )
+                        if projection.name not in summary.skipped:
+                            summary.skipped.append(projection.name)
                         continue
                     drain(projection, ctx, summary, stop_event, progress, guard)
                 failures = 0

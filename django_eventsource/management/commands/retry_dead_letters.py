@@ -8,14 +8,15 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ...exceptions import UnknownProjectionError
 from ...projections.maintenance import retry_dead_letters
+from ..exit_codes import PROBLEM
 from ..progress import ProgressDisplay
 
 
 class Command(BaseCommand):
     help = (
         "Retry dead-lettered projection events: each sequence is handled from its head, in "
-        "order, up to the first event that still fails. Exits with status 1 when some "
-        "stay failing or a requested id does not exist."
+        "order, up to the first event that still fails. Exits with status 3 when some "
+        "stay failing, 1 when a requested id does not exist."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -53,6 +54,9 @@ class Command(BaseCommand):
             self.stdout.write(
                 style(f"{report.resolved} resolved, {report.failed} still failing{waiting}.")
             )
+        if report.missing:
+            missing = ", ".join(f"#{pk}" for pk in report.missing)
+            raise CommandError(f"No such dead letter: {missing} (not found).")
         if report.failed:
-            missing = f" ({len(report.missing)} not found)" if report.missing else ""
-            raise CommandError(f"{report.failed} dead letter(s) still failing{missing}.")
+            # After the output: the report is printed, then the status says "look at it".
+            raise SystemExit(PROBLEM)

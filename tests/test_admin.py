@@ -599,7 +599,7 @@ def test_change_permission_unlocks_retry_and_resolve_but_not_delete(
     operator = staff_client(client, "view_deadletter", "change_deadletter")
     listing = operator.get(changelist("deadletter"))
     actions = listing.context["cl"].model_admin.get_actions(listing.wsgi_request)
-    assert set(actions) == {"retry_selected", "mark_resolved"}
+    assert set(actions) == {"retry_selected", "skip_selected", "mark_resolved"}
 
     run_action(operator, "deadletter", "mark_resolved", [dead_letter.pk])
 

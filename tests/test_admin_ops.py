@@ -13,11 +13,12 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from django_eventsource import DjangoEventStore, DomainEvent
 from django_eventsource.admin import EventRecordAdmin
 from django_eventsource.admin._common import ADMIN_STYLESHEET
-from django_eventsource.admin.dashboard import BEHIND, RUNNING, projection_status
+from django_eventsource.admin.dashboard import BEHIND, PAUSED, RUNNING, projection_status
 from django_eventsource.models import Checkpoint, EventRecord, OutboxMessage
 from django_eventsource.projections.django_dead_letters import DjangoDLQRepository
 from tests.factories import AccountOpenedFactory, account_history
@@ -350,6 +351,12 @@ def test_status_is_behind_past_either_threshold(settings: Any) -> None:
     assert projection_status(checkpoint) == RUNNING
     checkpoint.head_position = 16
     assert projection_status(checkpoint) == BEHIND
+
+
+def test_a_paused_projection_shows_paused_whatever_its_lag() -> None:
+    checkpoint = Checkpoint(projection_name="p", position=5, paused_at=timezone.now())
+    checkpoint.head_position, checkpoint.head_event_id, checkpoint.oldest_unread_at = 5, None, None
+    assert projection_status(checkpoint) == PAUSED
 
 
 def test_the_jump_form_keeps_the_filters_but_not_the_old_cursor(

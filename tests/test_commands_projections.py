@@ -224,12 +224,13 @@ def test_retry_dead_letters_reports_resolved_and_still_failing_entries(
     store: DjangoEventStore, poison: set[Decimal]
 ) -> None:
     poison.update({Decimal(13), Decimal(14)})
-    open_account(store, deposits=(13, 14))
+    open_account(store, deposits=(13,))
+    open_account(store, "bob", deposits=(14,))
     run_reporting_a_problem("run_projections", once=True)
     poison.discard(Decimal(13))
     still_broken = DeadLetter.objects.get(event_data__amount="14")
 
-    output = run("retry_dead_letters", "--projection", "FlakyLedgerProjection")
+    output = run_reporting_a_problem("retry_dead_letters", "--projection", "FlakyLedgerProjection")
 
     assert "1 resolved, 1 still failing." in output
     assert f"#{still_broken.pk}: ValueError: cannot book 14" in output
@@ -241,7 +242,8 @@ def test_retry_dead_letters_can_target_single_ids(
     store: DjangoEventStore, poison: set[Decimal]
 ) -> None:
     poison.update({Decimal(13), Decimal(14)})
-    open_account(store, deposits=(13, 14))
+    open_account(store, deposits=(13,))
+    open_account(store, "bob", deposits=(14,))
     run_reporting_a_problem("run_projections", once=True)
     poison.clear()
     chosen = DeadLetter.objects.get(event_data__amount="14")

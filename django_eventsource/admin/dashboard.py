@@ -34,15 +34,19 @@ if TYPE_CHECKING:
 
 RUNNING = "running"
 BEHIND = "behind"
+PAUSED = "paused"
 
 
 def projection_status(checkpoint: Checkpoint, now: datetime | None = None) -> str:
     """One word for a projection's state, from a ``with_lag()`` checkpoint.
 
-    ``behind`` when its lag passes ``EVENTSOURCE_HEALTH_MAX_LAG_EVENTS`` or
-    ``EVENTSOURCE_HEALTH_MAX_LAG_SECONDS`` (the health thresholds), ``running``
+    ``paused`` after ``EVENTSOURCE_PROJECTION_PAUSE_AFTER`` consecutive failures
+    (until resumed), ``behind`` when its lag passes ``EVENTSOURCE_HEALTH_MAX_LAG_EVENTS``
+    or ``EVENTSOURCE_HEALTH_MAX_LAG_SECONDS`` (the health thresholds), ``running``
     otherwise. The one place to add another state.
     """
+    if checkpoint.paused:
+        return PAUSED
     if (
         checkpoint.lag_events > conf.HEALTH_MAX_LAG_EVENTS
         or checkpoint.lag_seconds(now) > conf.HEALTH_MAX_LAG_SECONDS
@@ -175,4 +179,4 @@ def dashboard_view(site: AdminSite) -> Callable[[HttpRequest], HttpResponse]:
     return view
 
 
-__all__ = ["BEHIND", "RUNNING", "ProjectionRow", "dashboard_view", "projection_status"]
+__all__ = ["BEHIND", "PAUSED", "RUNNING", "ProjectionRow", "dashboard_view", "projection_status"]

@@ -15,7 +15,11 @@ from django.core.serializers.json import DjangoJSONEncoder
 
 from ...conf import conf
 from ...health import HealthReport, get_health
+from ...models import DeadLetter
 from ..exit_codes import PROBLEM
+
+#: Sequences of parked events listed one by one; the rest are summed up in one line.
+SEQUENCES_SHOWN = 20
 
 
 @dataclass(frozen=True)
@@ -30,12 +34,22 @@ class Problem:
 def collect_problems(report: HealthReport) -> list[Problem]:
     """Every problem of ``report``, one kind after the other.
 
-    Kinds: ``lag_events`` and ``lag_seconds`` (a projection past
+    Kinds: ``paused`` (a projection paused after ``EVENTSOURCE_PROJECTION_PAUSE_AFTER``
+    consecutive failures), ``lag_events`` and ``lag_seconds`` (a projection past
     ``EVENTSOURCE_HEALTH_MAX_LAG_EVENTS`` / ``_SECONDS``), ``dead_letters`` (more failed
     dead letters than ``EVENTSOURCE_HEALTH_MAX_DEAD_LETTERS``), ``outbox_failed`` (outbox
     rows that ran out of attempts and wait for a retry).
     """
-    problems: list[Problem] = []
+    problems: list[Problem] = [
+        Problem(
+            "paused",
+            f"projection {p.name} is paused (last error: {p.last_error or '-'}); fix the "
+            f"cause, then resume_projection {p.name}",
+            p.name,
+        )
+        for p in report.projections
+        if p.paused
+    ]
     for p in report.projections:
         if p.lag_events > conf.HEALTH_MAX_LAG_EVENTS:
             problems.append(
@@ -162,3 +176,38 @@ class Command(BaseCommand):
                 )
         elif verbosity >= 2:
             write("No readers held back.")
+        write_paused_and_parked(self, report)
+
+
+def write_paused_and_parked(command: BaseCommand, report: HealthReport) -> None:
+    """The paused projections with their last error, and the sequences with parked events.
+
+    For each open sequence with events waiting: its projection, key, head dead letter
+    and how many events wait behind it (the first ``SEQUENCES_SHOWN``, largest first).
+    """
+    write, style = command.stdout.write, command.style
+    for projection in report.projections:
+        if projection.paused:
+            write(
+                style.ERROR(
+                    f"Paused: {projection.name} (last error: {projection.last_error or '-'}); "
+                    f"resume with: manage.py resume_projection {projection.name}"
+                )
+            )
+    waiting = DeadLetter.objects.waiting_counts()
+    if not waiting:
+        return
+    heads = {
+        (row.projection_name, row.sequence_key): row.pk
+        for row in DeadLetter.objects.heads()
+        .exclude(sequence_key="")
+        .only("id", "projection_name", "sequence_key")
+    }
+    ordered = sorted(waiting.items(), key=lambda item: (-item[1], item[0]))
+    write(style.WARNING(f"Parked events: {sum(waiting.values())} in {len(waiting)} sequence(s)"))
+    for (name, key), count in ordered[:SEQUENCES_SHOWN]:
+        head = heads.get((name, key))
+        behind = f"dead letter #{head}" if head is not None else "a resolved head (retry it)"
+        write(style.WARNING(f"  {name} sequence {key}: {count} waiting behind {behind}"))
+    if len(ordered) > SEQUENCES_SHOWN:
+        write(style.WARNING(f"  … and {len(ordered) - SEQUENCES_SHOWN} more sequence(s)"))

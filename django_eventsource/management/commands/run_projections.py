@@ -150,8 +150,21 @@ class Command(BaseCommand):
                         "letters or retry_dead_letters."
                     )
                 )
+            if summary.parked:
+                self.stdout.write(
+                    self.style.WARNING(
+                        f"{summary.parked} events parked behind dead letters of their sequence."
+                    )
+                )
+            for name in summary.paused:
+                self.stdout.write(
+                    self.style.ERROR(
+                        f"{name}: paused after repeated failures; fix the cause, then "
+                        f"resume_projection {name}."
+                    )
+                )
             self.stdout.write(self.style.SUCCESS(f"Processed {summary.total_processed} events."))
-        if once and summary.dead_lettered:
+        if once and (summary.dead_lettered or summary.paused):
             raise SystemExit(PROBLEM)
 
 

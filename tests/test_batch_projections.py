@@ -7,6 +7,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from decimal import Decimal
@@ -370,3 +371,33 @@ def test_killing_a_batch_projection_runner_at_random_moments_loses_and_doubles_n
             balance += stored.event.amount
         expected[stored.aggregate_id] = (balance, seen + 1)
     assert {key: value[1:] for key, value in read_model().items()} == expected
+
+
+def test_a_stop_while_a_poison_event_waits_for_its_retry_cuts_the_page_before_it(
+    store: DjangoEventStore, poison: set[Decimal]
+) -> None:
+    for amount in ("1", "2", "66", "4", "5"):
+        open_account(store, deposits=(amount,))
+    events = deposits(store)
+    poison.add(Decimal(66))
+    stop = threading.Event()
+
+    def admit(batch: list[StoredEvent]) -> list[StoredEvent]:
+        if len(batch) == 1 and batch[0].event.amount == 66:  # type: ignore[attr-defined]
+            stop.set()  # requested while the poison is tried alone
+        return batch
+
+    recorded: list[StoredEvent] = []
+    outcome = apply_batch_projection(
+        test_projections.BatchLedgerProjection(),
+        events,
+        connection.alias,
+        lambda stored, failure: recorded.append(stored),
+        BatchHooks(admit=admit),
+        RetryPolicy(max_attempts=3, base_delay=0.01),
+        stop_event=stop,
+    )
+
+    assert outcome.stopped_at == events[2].global_position
+    assert recorded == []
+    assert set(handled_counts()) == {events[0].event_id, events[1].event_id}

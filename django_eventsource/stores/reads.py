@@ -4,7 +4,7 @@ pagination (no long transaction, no server-side cursor).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -50,6 +50,78 @@ def option_filters(q: _Sql, where: list[str], params: list[Any], opts: ReadOptio
     time_filters(q, where, params, opts.from_timestamp, opts.to_timestamp)
 
 
+def windowed(
+    conn: BaseDatabaseWrapper,
+    decoder: RowDecoder,
+    sized: PageSized,
+    *,
+    after: int,
+    ceiling: int,
+    limit: int | None,
+) -> Iterator[StoredEvent]:
+    """Every event in ``(after, ceiling]``, at most ``limit``, in position order.
+
+    Each page is a window of ``chunk_size`` positions, ``position > a AND position <=
+    a + chunk_size``, without ``ORDER BY`` or ``LIMIT`` (rows are put in order here).
+    Whatever the planner knows about the table, a page then costs at most one window
+    of the primary key: a table whose statistics are missing or stale (freshly loaded,
+    never analyzed) cannot turn a page into a scan and sort of everything before the
+    ceiling, or of the whole table, which made a catch-up over N events cost O(N²).
+    """
+    q = _Sql.get(conn)
+    pos = q.c("position")
+    sql = f"FROM {q.table} WHERE {pos} > %s AND {pos} <= %s"
+    remaining = limit
+    low = after
+    stream_ids: dict[Any, str] = {}
+    while low < ceiling and (remaining is None or remaining > 0):
+        high = min(low + max(int(sized.chunk_size), 1), ceiling)
+        rows = fetch_event_rows(conn, q, sql, [low, high])
+        low = high
+        if not rows:
+            # Jump over a run of missing positions (rolled-back or deleted events) in
+            # one step (``MIN`` is one index probe) rather than window by window.
+            with conn.cursor() as cursor:
+                cursor.execute(f"SELECT MIN({pos}) FROM {q.table} WHERE {pos} > %s", [high])
+                following = cursor.fetchone()[0]
+            if following is None:
+                return
+            low = max(low, int(following) - 1)
+            continue
+        rows.sort(key=_position)
+        if remaining is not None:
+            rows = rows[:remaining]
+            remaining -= len(rows)
+        yield from _stored_events(decoder, rows, stream_ids)
+
+
+def _position(row: Sequence[Any]) -> Any:
+    return row[0]
+
+
+def _stored_events(
+    decoder: RowDecoder, rows: list[Any], stream_ids: dict[Any, str]
+) -> Iterator[StoredEvent]:
+    """``StoredEvent``s of ``rows``, one at a time (``stream_ids`` caches stream ids)."""
+    for row, event in zip(rows, decoder.events(rows), strict=True):
+        stream_key = (row[5], row[6])
+        stream_id = stream_ids.get(stream_key)
+        if stream_id is None:
+            stream_id = make_stream_id(event.aggregate_id, event.aggregate_type)
+            stream_ids[stream_key] = stream_id
+        try:
+            stored_at = as_utc_datetime(row[12])
+        except SerializationError as exc:
+            raise unreadable_row(row, f"recorded_at: {exc}") from exc
+        yield StoredEvent(
+            event=event,
+            stream_id=stream_id,
+            stream_position=row[7],
+            global_position=row[0],
+            stored_at=stored_at,
+        )
+
+
 def paged(
     conn: BaseDatabaseWrapper,
     decoder: RowDecoder,
@@ -68,6 +140,11 @@ def paged(
     Keyset pagination on ``key`` (``position``, or ``aggregate_version`` within one
     stream): forward, the events after ``after`` and up to ``ceiling``; backward, those
     before ``after`` (from the end when it is 0).
+
+    The ceiling is applied here, not in the query (a planner without statistics would
+    read every matching row up to it and sort them, on every page); a row past the
+    ceiling ends the read and is never yielded. Unfiltered forward reads of the whole
+    table go through ``windowed`` instead.
     """
     q = _Sql.get(conn)
     column = q.c(key)
@@ -88,33 +165,20 @@ def paged(
         else:
             conditions.append(f"{column} > %s")
             page_params.append(cursor_position)
-        if ceiling is not None:
-            conditions.append(f"{column} <= %s")
-            page_params.append(ceiling)
         sql = (
             sql_head
             + (" AND ".join(conditions) or "1 = 1")
             + f" ORDER BY {column} {order} LIMIT {int(page_size)}"
         )
         rows = fetch_event_rows(conn, q, sql, page_params)
-        for row, event in zip(rows, decoder.events(rows), strict=True):
-            stream_key = (row[5], row[6])
-            stream_id = stream_ids.get(stream_key)
-            if stream_id is None:
-                stream_id = make_stream_id(event.aggregate_id, event.aggregate_type)
-                stream_ids[stream_key] = stream_id
-            try:
-                stored_at = as_utc_datetime(row[12])
-            except SerializationError as exc:
-                raise unreadable_row(row, f"recorded_at: {exc}") from exc
-            yield StoredEvent(
-                event=event,
-                stream_id=stream_id,
-                stream_position=row[7],
-                global_position=row[0],
-                stored_at=stored_at,
-            )
-        if len(rows) < page_size:
+        last_page = len(rows) < page_size
+        if ceiling is not None and rows and rows[-1][0] > ceiling:
+            # Keep only what the ceiling allows (the rows are in position order); the
+            # read ends with them.
+            rows = [row for row in rows if row[0] <= ceiling]
+            last_page = True
+        yield from _stored_events(decoder, rows, stream_ids)
+        if last_page:
             return
         first = False
         last = rows[-1]

@@ -7,6 +7,7 @@ store; these functions only talk to the database.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from uuid import UUID
 
@@ -14,7 +15,9 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
 
 from ..events.base import DomainEvent
-from .sql import _INSERT_COLUMNS, _as_uuid, _Sql
+from ..events.serialization import OutboxRowValues, outbox_row_values
+from ..models import OutboxMessage
+from .sql import _INSERT_COLUMNS, _as_uuid, _quoted, _Sql
 from .validation import storable_event_json
 
 #: PostgreSQL ``LISTEN`` channel notified (at commit) with the last appended position.
@@ -35,6 +38,17 @@ def read_stream_state(
     """
     q = _Sql.get(conn)
     to_db = q.uuid_to_db
+    if q.is_postgres:
+        # One array parameter, whatever the number of events.
+        cursor.execute(
+            f"SELECT NULL, NULL, NULL, COALESCE(MAX({q.c('aggregate_version')}), 0), NULL "
+            f"FROM {q.table} WHERE {q.c('aggregate_id')} = %s AND {q.c('aggregate_type')} = %s "
+            f"UNION ALL SELECT {q.cols('event_id', 'aggregate_type', 'aggregate_id')}, "
+            f"{q.cols('aggregate_version', 'position')} FROM {q.table} "
+            f"WHERE {q.c('event_id')} = ANY(%s::uuid[])",
+            [agg_id, aggregate_type, "{" + ",".join([str(e.event_id) for e in events]) + "}"],
+        )
+        return _stream_state(cursor.fetchall())
     ids = [to_db(e.event_id) for e in events]
     limit = q.max_params - 2
     head_ids, rest = ids[:limit], ids[limit:]
@@ -56,6 +70,12 @@ def read_stream_state(
             chunk,
         )
         rows.extend(cursor.fetchall())
+    return _stream_state(rows)
+
+
+def _stream_state(
+    rows: list[Any],
+) -> tuple[int, dict[UUID, tuple[str, UUID, int]], dict[UUID, int]]:
     current = 0
     existing: dict[UUID, tuple[str, UUID, int]] = {}
     positions: dict[UUID, int] = {}
@@ -70,13 +90,136 @@ def read_stream_state(
 
 
 def insert_events(
-    conn: BaseDatabaseWrapper, cursor: CursorWrapper, events: list[DomainEvent]
+    conn: BaseDatabaseWrapper,
+    cursor: CursorWrapper,
+    events: list[DomainEvent],
+    *,
+    outbox: bool,
 ) -> int:
-    """Insert ``events`` with one multi-row INSERT (per parameter-limit chunk).
+    """Insert ``events``, and their outbox rows when ``outbox`` is set.
 
-    Returns the highest position taken.
+    On PostgreSQL, one statement whatever the number of events (see
+    ``_insert_postgres``); elsewhere one multi-row INSERT per parameter-limit chunk and
+    the outbox rows through the ORM. Returns the highest position taken.
     """
     q = _Sql.get(conn)
+    if q.is_postgres:
+        return _insert_postgres(q, cursor, events, outbox)
+    last_position = _insert_chunks(q, cursor, events)
+    if outbox:
+        OutboxMessage.objects.using(conn.alias).bulk_create(
+            [OutboxMessage(**outbox_row_values(e)) for e in events]
+        )
+    return last_position
+
+
+def _insert_postgres(
+    q: _Sql, cursor: CursorWrapper, events: list[DomainEvent], outbox: bool
+) -> int:
+    """The events (and outbox rows) of one append in one statement on PostgreSQL.
+
+    The rows travel as one JSON array (a single parameter that the driver sends as it
+    is, and the server parses in C) expanded by ``json_to_recordset``; ordering by the
+    array index gives positions and outbox ids in version order. The notification is
+    delivered at commit, so LISTENing projection runners wake up only for events they
+    can read.
+    """
+    documents = []
+    for e in events:
+        payload, metadata = storable_event_json(e)
+        document = (
+            f'{{"event_id":"{e.event_id}","aggregate_type":{_quoted(e.aggregate_type)},'
+            f'"aggregate_id":"{e.aggregate_id}","aggregate_version":{e.aggregate_version},'
+            f'"event_type":{_quoted(e.event_type)},"event_version":{e.event_version},'
+            f'"correlation_id":"{e.correlation_id}",'
+            f'"occurred_at":"{e.occurred_at.isoformat()}",'
+            f'"payload":{payload},"metadata":{metadata}'
+        )
+        if e.tenant_id is not None:
+            document += f',"tenant_id":"{e.tenant_id}"'
+        if e.actor_id is not None:
+            document += f',"actor_id":{json.dumps(e.actor_id)}'
+        if e.causation_id is not None:
+            document += f',"causation_id":"{e.causation_id}"'
+        if outbox:
+            document += f',"event_data":{e.model_dump_json()}'
+        documents.append(document + "}")
+    sql, params = _postgres_append_statement(q, cursor.db, outbox)
+    cursor.execute(sql, ["[" + ",".join(documents) + "]", *params])
+    return int(cursor.fetchone()[0])
+
+
+#: The recordset columns of a PostgreSQL append, with their types.
+_BATCH_TYPES = {
+    "event_id": "uuid",
+    "aggregate_type": "text",
+    "aggregate_id": "uuid",
+    "aggregate_version": "bigint",
+    "event_type": "text",
+    "event_version": "bigint",
+    "tenant_id": "uuid",
+    "actor_id": "text",
+    "correlation_id": "uuid",
+    "causation_id": "uuid",
+    "occurred_at": "timestamptz",
+    "payload": "jsonb",
+    "metadata": "jsonb",
+    "event_data": "jsonb",
+}
+
+_statements: dict[tuple[str, bool], tuple[str, list[Any]]] = {}
+
+
+def _postgres_append_statement(
+    q: _Sql, conn: BaseDatabaseWrapper, outbox: bool
+) -> tuple[str, list[Any]]:
+    """The append statement of ``_insert_postgres`` and its parameters after the rows."""
+    key = (conn.alias, outbox)
+    cached = _statements.get(key)
+    if cached is not None:
+        return cached
+    pos = q.c("position")
+    definition = ", ".join(f"{name} {kind}" for name, kind in _BATCH_TYPES.items())
+    batch = f"SELECT * FROM json_to_recordset(%s::json) AS batch({definition})"
+    source = ", ".join(f"batch.{name}" for name in _INSERT_COLUMNS)
+    # Versions are contiguous within an append: their order is the events' order.
+    inserted = (
+        f"INSERT INTO {q.table} ({q.insert_columns}) SELECT {source} FROM batch "
+        f"ORDER BY batch.aggregate_version RETURNING {pos}"
+    )
+    params: list[Any] = []
+    ctes = [f"batch AS MATERIALIZED ({batch})", f"inserted AS ({inserted})"]
+    if outbox:
+        qn = conn.ops.quote_name
+        columns, values = [], []
+        from_rows = _OUTBOX_FROM_ROWS
+        for field in OutboxMessage._meta.concrete_fields:
+            if field.primary_key or field.has_db_default():
+                continue
+            columns.append(qn(str(field.column)))
+            if field.name in from_rows:
+                values.append(f"batch.{field.name}")
+            else:
+                # What the model would write: its Python-side default.
+                values.append("%s")
+                params.append(field.get_db_prep_save(field.get_default(), conn))
+        ctes.append(
+            f"outboxed AS (INSERT INTO {qn(OutboxMessage._meta.db_table)} "
+            f"({', '.join(columns)}) SELECT {', '.join(values)} FROM batch "
+            f"ORDER BY batch.aggregate_version)"
+        )
+    sql = f"WITH {', '.join(ctes)} SELECT MAX({pos}), pg_notify(%s, MAX({pos})::text) FROM inserted"
+    params.append(NOTIFY_CHANNEL)
+    _statements[key] = (sql, params)
+    return sql, params
+
+
+#: Outbox columns filled from the event (what ``outbox_row_values`` returns).
+_OUTBOX_FROM_ROWS = frozenset(OutboxRowValues.__annotations__)
+
+
+def _insert_chunks(q: _Sql, cursor: CursorWrapper, events: list[DomainEvent]) -> int:
+    """``events`` in multi-row INSERTs of at most the database's parameter limit."""
     uuid_db, dt_db, json_db = q.uuid_to_db, q.datetime_to_db, q.json_text_to_db
     per_row = len(_INSERT_COLUMNS)
     rows_per_statement = max(1, q.max_params // per_row)
@@ -102,18 +245,10 @@ def insert_events(
                 json_db(metadata),
             )
         values = ", ".join([q.row_placeholder] * len(chunk))
-        insert = f"INSERT INTO {q.table} ({q.insert_columns}) VALUES {values}"
-        if q.is_postgres:
-            # The notification is delivered at commit, so LISTENing projection runners
-            # wake up only for events they can read.
-            cursor.execute(
-                f"WITH inserted AS ({insert} RETURNING {q.c('position')}) "
-                f"SELECT MAX({q.c('position')}), "
-                f"pg_notify(%s, MAX({q.c('position')})::text) FROM inserted",
-                [*params, NOTIFY_CHANNEL],
-            )
-            last_position = max(last_position, int(cursor.fetchone()[0]))
-        else:
-            cursor.execute(f"{insert} RETURNING {q.c('position')}", params)
-            last_position = max([last_position, *(int(r[0]) for r in cursor.fetchall())])
+        cursor.execute(
+            f"INSERT INTO {q.table} ({q.insert_columns}) VALUES {values} "
+            f"RETURNING {q.c('position')}",
+            params,
+        )
+        last_position = max([last_position, *(int(r[0]) for r in cursor.fetchall())])
     return last_position

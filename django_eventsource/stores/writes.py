@@ -7,7 +7,6 @@ store; these functions only talk to the database.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from uuid import UUID
 
@@ -17,7 +16,7 @@ from django.db.backends.utils import CursorWrapper
 from ..events.base import DomainEvent
 from ..events.serialization import OutboxRowValues, outbox_row_values
 from ..models import OutboxMessage
-from .sql import _INSERT_COLUMNS, _as_uuid, _quoted, _Sql
+from .sql import _INSERT_COLUMNS, _as_uuid, _Sql
 from .validation import storable_event_json
 
 #: PostgreSQL ``LISTEN`` channel notified (at commit) with the last appended position.
@@ -46,7 +45,7 @@ def read_stream_state(
             f"UNION ALL SELECT {q.cols('event_id', 'aggregate_type', 'aggregate_id')}, "
             f"{q.cols('aggregate_version', 'position')} FROM {q.table} "
             f"WHERE {q.c('event_id')} = ANY(%s::uuid[])",
-            [agg_id, aggregate_type, "{" + ",".join([str(e.event_id) for e in events]) + "}"],
+            [agg_id, aggregate_type, "{" + ",".join([e.event_id.hex for e in events]) + "}"],
         )
         return _stream_state(cursor.fetchall())
     ids = [to_db(e.event_id) for e in events]
@@ -118,53 +117,39 @@ def _insert_postgres(
 ) -> int:
     """The events (and outbox rows) of one append in one statement on PostgreSQL.
 
-    The rows travel as one JSON array (a single parameter that the driver sends as it
-    is, and the server parses in C) expanded by ``json_to_recordset``; ordering by the
-    array index gives positions and outbox ids in version order. The notification is
-    delivered at commit, so LISTENing projection runners wake up only for events they
-    can read.
+    The rows travel as one ``jsonb`` array (a single parameter, parsed by the server in
+    C): per event, the event as ``to_dict()`` writes it (pydantic's serializer, which
+    also gives the outbox row its ``event_data``), its checked payload and metadata.
+    The envelope columns are read from the first on the server. Ordering by version
+    gives positions and outbox ids in the events' order. The notification is delivered
+    at commit, so LISTENing projection runners wake up only for events they can read.
     """
     documents = []
     for e in events:
         payload, metadata = storable_event_json(e)
-        document = (
-            f'{{"event_id":"{e.event_id}","aggregate_type":{_quoted(e.aggregate_type)},'
-            f'"aggregate_id":"{e.aggregate_id}","aggregate_version":{e.aggregate_version},'
-            f'"event_type":{_quoted(e.event_type)},"event_version":{e.event_version},'
-            f'"correlation_id":"{e.correlation_id}",'
-            f'"occurred_at":"{e.occurred_at.isoformat()}",'
-            f'"payload":{payload},"metadata":{metadata}'
-        )
-        if e.tenant_id is not None:
-            document += f',"tenant_id":"{e.tenant_id}"'
-        if e.actor_id is not None:
-            document += f',"actor_id":{json.dumps(e.actor_id)}'
-        if e.causation_id is not None:
-            document += f',"causation_id":"{e.causation_id}"'
-        if outbox:
-            document += f',"event_data":{e.model_dump_json()}'
-        documents.append(document + "}")
+        documents.append(f"[{e.model_dump_json()},{payload},{metadata}]")
     sql, params = _postgres_append_statement(q, cursor.db, outbox)
     cursor.execute(sql, ["[" + ",".join(documents) + "]", *params])
     return int(cursor.fetchone()[0])
 
 
-#: The recordset columns of a PostgreSQL append, with their types.
-_BATCH_TYPES = {
-    "event_id": "uuid",
-    "aggregate_type": "text",
-    "aggregate_id": "uuid",
-    "aggregate_version": "bigint",
-    "event_type": "text",
-    "event_version": "bigint",
-    "tenant_id": "uuid",
-    "actor_id": "text",
-    "correlation_id": "uuid",
-    "causation_id": "uuid",
-    "occurred_at": "timestamptz",
-    "payload": "jsonb",
-    "metadata": "jsonb",
-    "event_data": "jsonb",
+#: The event table's columns in a PostgreSQL append, from an event's ``to_dict()``
+#: document ``d``.
+_FROM_DOCUMENT = {
+    "event_id": "(d->>'event_id')::uuid",
+    "aggregate_type": "d->>'aggregate_type'",
+    "aggregate_id": "(d->>'aggregate_id')::uuid",
+    "aggregate_version": "(d->>'aggregate_version')::bigint",
+    "event_type": "d->>'event_type'",
+    "event_version": "(d->>'event_version')::bigint",
+    "tenant_id": "(d->>'tenant_id')::uuid",
+    "actor_id": "d->>'actor_id'",
+    "correlation_id": "(d->>'correlation_id')::uuid",
+    "causation_id": "(d->>'causation_id')::uuid",
+    "occurred_at": "(d->>'occurred_at')::timestamptz",
+    "payload": "payload",
+    "metadata": "metadata",
+    "event_data": "d",
 }
 
 _statements: dict[tuple[str, bool], tuple[str, list[Any]]] = {}
@@ -179,34 +164,32 @@ def _postgres_append_statement(
     if cached is not None:
         return cached
     pos = q.c("position")
-    definition = ", ".join(f"{name} {kind}" for name, kind in _BATCH_TYPES.items())
-    batch = f"SELECT * FROM json_to_recordset(%s::json) AS batch({definition})"
-    source = ", ".join(f"batch.{name}" for name in _INSERT_COLUMNS)
+    source = ", ".join(_FROM_DOCUMENT[name] for name in _INSERT_COLUMNS)
     # Versions are contiguous within an append: their order is the events' order.
-    inserted = (
-        f"INSERT INTO {q.table} ({q.insert_columns}) SELECT {source} FROM batch "
-        f"ORDER BY batch.aggregate_version RETURNING {pos}"
-    )
+    order = f"ORDER BY {_FROM_DOCUMENT['aggregate_version']}"
+    ctes = [
+        "batch AS MATERIALIZED (SELECT r->0 AS d, r->1 AS payload, r->2 AS metadata "
+        "FROM jsonb_array_elements(%s::jsonb) AS r)",
+        f"inserted AS (INSERT INTO {q.table} ({q.insert_columns}) SELECT {source} "
+        f"FROM batch {order} RETURNING {pos})",
+    ]
     params: list[Any] = []
-    ctes = [f"batch AS MATERIALIZED ({batch})", f"inserted AS ({inserted})"]
     if outbox:
         qn = conn.ops.quote_name
         columns, values = [], []
-        from_rows = _OUTBOX_FROM_ROWS
         for field in OutboxMessage._meta.concrete_fields:
             if field.primary_key or field.has_db_default():
                 continue
             columns.append(qn(str(field.column)))
-            if field.name in from_rows:
-                values.append(f"batch.{field.name}")
+            if field.name in _OUTBOX_FROM_EVENT:
+                values.append(_FROM_DOCUMENT[field.name])
             else:
                 # What the model would write: its Python-side default.
                 values.append("%s")
                 params.append(field.get_db_prep_save(field.get_default(), conn))
         ctes.append(
             f"outboxed AS (INSERT INTO {qn(OutboxMessage._meta.db_table)} "
-            f"({', '.join(columns)}) SELECT {', '.join(values)} FROM batch "
-            f"ORDER BY batch.aggregate_version)"
+            f"({', '.join(columns)}) SELECT {', '.join(values)} FROM batch {order})"
         )
     sql = f"WITH {', '.join(ctes)} SELECT MAX({pos}), pg_notify(%s, MAX({pos})::text) FROM inserted"
     params.append(NOTIFY_CHANNEL)
@@ -215,7 +198,7 @@ def _postgres_append_statement(
 
 
 #: Outbox columns filled from the event (what ``outbox_row_values`` returns).
-_OUTBOX_FROM_ROWS = frozenset(OutboxRowValues.__annotations__)
+_OUTBOX_FROM_EVENT = frozenset(OutboxRowValues.__annotations__)
 
 
 def _insert_chunks(q: _Sql, cursor: CursorWrapper, events: list[DomainEvent]) -> int:

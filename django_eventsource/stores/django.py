@@ -338,8 +338,22 @@ class DjangoEventStore(EventStore):
         q = _Sql.get(conn)
         where = [f"{q.c('aggregate_id')} = %s", f"{q.c('aggregate_type')} = %s"]
         params: list[Any] = [q.uuid_to_db(aggregate_id), aggregate_type]
+        filtered = len(where)
         option_filters(q, where, params, opts)
         backward = opts.direction == ReadDirection.BACKWARD
+        if not backward and len(where) == filtered:
+            # Windows of versions, whatever the statistics (see ``windowed``).
+            return windowed(
+                conn,
+                self._rows,
+                self,
+                where,
+                params,
+                key="aggregate_version",
+                after=max(opts.from_position, 0),
+                ceiling=None,
+                limit=opts.limit,
+            )
         return paged(
             conn,
             self._rows,
@@ -408,7 +422,15 @@ class DjangoEventStore(EventStore):
             else:
                 # The catch-up read: windows of positions, whatever the statistics.
                 page = windowed(
-                    conn, self._rows, self, after=position, ceiling=mark, limit=remaining
+                    conn,
+                    self._rows,
+                    self,
+                    [],
+                    [],
+                    key="position",
+                    after=position,
+                    ceiling=mark,
+                    limit=remaining,
                 )
             for stored in page:
                 yield stored

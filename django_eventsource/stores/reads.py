@@ -4,14 +4,15 @@ pagination (no long transaction, no server-side cursor).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import datetime
+from operator import itemgetter
 from typing import Any, Protocol
 
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from ..exceptions import SerializationError
-from .interface import ReadOptions, StoredEvent, make_stream_id
+from .interface import MAX_POSITION, ReadOptions, StoredEvent, make_stream_id
 from .rows import RowDecoder, unreadable_row
 from .sql import _Sql, as_utc_datetime, fetch_event_rows
 from .validation import coerce_uuid
@@ -54,49 +55,58 @@ def windowed(
     conn: BaseDatabaseWrapper,
     decoder: RowDecoder,
     sized: PageSized,
+    where: list[str],
+    params: list[Any],
     *,
+    key: str,
     after: int,
-    ceiling: int,
+    ceiling: int | None,
     limit: int | None,
 ) -> Iterator[StoredEvent]:
-    """Every event in ``(after, ceiling]``, at most ``limit``, in position order.
+    """The events matching ``where`` with ``key`` in ``(after, ceiling]`` (no ceiling:
+    to the end), at most ``limit``, in ``key`` order.
 
-    Each page is a window of ``chunk_size`` positions, ``position > a AND position <=
-    a + chunk_size``, without ``ORDER BY`` or ``LIMIT`` (rows are put in order here).
-    Whatever the planner knows about the table, a page then costs at most one window
-    of the primary key: a table whose statistics are missing or stale (freshly loaded,
-    never analyzed) cannot turn a page into a scan and sort of everything before the
-    ceiling, or of the whole table, which made a catch-up over N events cost O(N²).
+    ``key`` is ``position``, or ``aggregate_version`` within one stream. Each page is a
+    window of ``chunk_size`` keys, ``key > a AND key <= a + chunk_size``, without
+    ``ORDER BY`` or ``LIMIT`` (rows are put in order here). Whatever the planner knows
+    about the table, a page then costs at most one window of the index: a table whose
+    statistics are missing or stale (freshly loaded, never analyzed) cannot turn each
+    page into a scan and sort of everything up to the ceiling, or of the whole table,
+    which made a catch-up over N events cost O(N²). After a short window, one ``MIN``
+    probe (a single index lookup) finds the next key, so a run of missing keys
+    (rolled-back or deleted events) is crossed in one step and the end is seen at once.
     """
     q = _Sql.get(conn)
-    pos = q.c("position")
-    sql = f"FROM {q.table} WHERE {pos} > %s AND {pos} <= %s"
+    column = q.c(key)
+    index = 0 if key == "position" else 7
+    head = f"FROM {q.table} WHERE " + "".join(f"{condition} AND " for condition in where)
+    sql = f"{head}{column} > %s AND {column} <= %s"
+    probe = f"SELECT MIN({column}) {head}{column} > %s"
     remaining = limit
     low = after
     stream_ids: dict[Any, str] = {}
-    while low < ceiling and (remaining is None or remaining > 0):
-        high = min(low + max(int(sized.chunk_size), 1), ceiling)
-        rows = fetch_event_rows(conn, q, sql, [low, high])
+    while (ceiling is None or low < ceiling) and (remaining is None or remaining > 0):
+        width = max(int(sized.chunk_size), 1)
+        high = min(low + width, MAX_POSITION if ceiling is None else ceiling)
+        if high <= low:  # nothing can lie past the largest key
+            return
+        rows = fetch_event_rows(conn, q, sql, [*params, low, high])
         low = high
-        if not rows:
-            # Jump over a run of missing positions (rolled-back or deleted events) in
-            # one step (``MIN`` is one index probe) rather than window by window.
+        if rows:
+            rows.sort(key=itemgetter(index))
+            if remaining is not None:
+                rows = rows[:remaining]
+                remaining -= len(rows)
+            yield from _stored_events(decoder, rows, stream_ids)
+            if remaining == 0:
+                return
+        if len(rows) < width and high != ceiling:
             with conn.cursor() as cursor:
-                cursor.execute(f"SELECT MIN({pos}) FROM {q.table} WHERE {pos} > %s", [high])
+                cursor.execute(probe, [*params, high])
                 following = cursor.fetchone()[0]
             if following is None:
                 return
             low = max(low, int(following) - 1)
-            continue
-        rows.sort(key=_position)
-        if remaining is not None:
-            rows = rows[:remaining]
-            remaining -= len(rows)
-        yield from _stored_events(decoder, rows, stream_ids)
-
-
-def _position(row: Sequence[Any]) -> Any:
-    return row[0]
 
 
 def _stored_events(

@@ -7,6 +7,8 @@ store; these functions only talk to the database.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -99,17 +101,63 @@ def insert_events(
 
     On PostgreSQL, one statement whatever the number of events (see
     ``_insert_postgres``); elsewhere one multi-row INSERT per parameter-limit chunk and
-    the outbox rows through the ORM. Returns the highest position taken.
+    one ``executemany`` of the outbox rows. Returns the highest position taken.
     """
     q = _Sql.get(conn)
     if q.is_postgres:
         return _insert_postgres(q, cursor, events, outbox)
     last_position = _insert_chunks(q, cursor, events)
     if outbox:
-        OutboxMessage.objects.using(conn.alias).bulk_create(
-            [OutboxMessage(**outbox_row_values(e)) for e in events]
-        )
+        _insert_outbox_rows(q, conn, cursor, events)
     return last_position
+
+
+def _insert_outbox_rows(
+    q: _Sql, conn: BaseDatabaseWrapper, cursor: CursorWrapper, events: list[DomainEvent]
+) -> None:
+    """The outbox rows of ``events``, as ``OutboxMessage(**outbox_row_values(e))`` would
+    be saved, with one ``executemany`` (no model instances)."""
+    qn = conn.ops.quote_name
+    uuid_db = q.uuid_to_db
+    columns: list[str] = []
+    from_event: list[str | None] = []
+    defaults: list[Any] = []
+    for field in OutboxMessage._meta.concrete_fields:
+        if field.primary_key or field.has_db_default():
+            continue
+        columns.append(qn(str(field.column)))
+        if field.name in _OUTBOX_FROM_EVENT:
+            from_event.append(field.name)
+            defaults.append(None)
+        else:
+            from_event.append(None)
+            defaults.append(field.get_db_prep_save(field.get_default(), conn))
+    converters: dict[str, Callable[[Any], Any]] = {
+        "event_id": uuid_db,
+        "aggregate_id": uuid_db,
+        "tenant_id": lambda value: None if value is None else uuid_db(value),
+        # What the model field writes: ``json.dumps`` of ``to_dict()``.
+        "event_data": lambda value: json.dumps(value),
+    }
+    rows = []
+    for e in events:
+        values = outbox_row_values(e)
+        rows.append(
+            [
+                default if name is None else converters.get(name, _same)(values[name])  # type: ignore[literal-required]
+                for name, default in zip(from_event, defaults, strict=True)
+            ]
+        )
+    placeholders = ", ".join(["%s"] * len(columns))
+    cursor.executemany(
+        f"INSERT INTO {qn(OutboxMessage._meta.db_table)} ({', '.join(columns)}) "
+        f"VALUES ({placeholders})",
+        rows,
+    )
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def _insert_postgres(

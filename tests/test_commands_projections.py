@@ -42,6 +42,15 @@ def run(*args: Any, **options: Any) -> str:
     return out.getvalue()
 
 
+def run_reporting_a_problem(*args: Any, **options: Any) -> str:
+    """Run a command that must end with exit status 3 (a problem reported); its output."""
+    out = StringIO()
+    with pytest.raises(SystemExit) as exit_info:
+        call_command(*args, stdout=out, **options)
+    assert exit_info.value.code == 3
+    return out.getvalue()
+
+
 @override_settings(EVENTSOURCE_PROJECTIONS=[SUMMARY, FLAKY])
 def test_run_projections_once_processes_every_projection_and_reports_counts(
     store: DjangoEventStore,
@@ -142,7 +151,7 @@ def test_retry_dead_letters_reports_resolved_and_still_failing_entries(
 ) -> None:
     poison.update({Decimal(13), Decimal(14)})
     open_account(store, deposits=(13, 14))
-    run("run_projections", once=True)
+    run_reporting_a_problem("run_projections", once=True)
     poison.discard(Decimal(13))
     still_broken = DeadLetter.objects.get(event_data__amount="14")
 
@@ -159,7 +168,7 @@ def test_retry_dead_letters_can_target_single_ids(
 ) -> None:
     poison.update({Decimal(13), Decimal(14)})
     open_account(store, deposits=(13, 14))
-    run("run_projections", once=True)
+    run_reporting_a_problem("run_projections", once=True)
     poison.clear()
     chosen = DeadLetter.objects.get(event_data__amount="14")
 
@@ -176,14 +185,14 @@ def test_eventsource_status_shows_position_lag_dead_letters_and_outbox_backlog(
 ) -> None:
     poison.add(Decimal(13))
     open_account(store, deposits=(13,))
-    run("run_projections", once=True, projections=["FlakyLedgerProjection"])
+    run_reporting_a_problem("run_projections", once=True, projections=["FlakyLedgerProjection"])
     flaky_position = store.get_global_position()
     open_account(store)
     OutboxMessage.objects.create(
         event_id=uuid4(), event_type="AccountOpened", aggregate_id=uuid4(), aggregate_type="Account"
     )
 
-    output = run("eventsource_status")
+    output = run_reporting_a_problem("eventsource_status")
 
     lines = {line.split()[0]: line.split()[1:] for line in output.splitlines() if line.strip()}
     head = store.get_global_position()

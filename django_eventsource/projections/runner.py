@@ -46,6 +46,8 @@ class RunSummary:
     processed: dict[str, int] = field(default_factory=dict)
     dead_lettered: int = 0
     batches: int = 0
+    #: Projections passed over because another runner held them.
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def total_processed(self) -> int:
@@ -190,6 +192,8 @@ def run_projections(
                             projection.name,
                             extra={"projection": projection.name},
                         )
+                        if projection.name not in summary.skipped:
+                            summary.skipped.append(projection.name)
                         continue
                     drain(projection, ctx, summary, stop_event, progress, guard)
                 failures = 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from decimal import Decimal
 from uuid import uuid4
 
@@ -20,6 +21,7 @@ from django.db import connections  # noqa: E402
 
 from django_eventsource import AggregateRepository, InMemoryEventBus  # noqa: E402
 from django_eventsource.outbox.relay import publish_outbox  # noqa: E402
+from django_eventsource.projections.exclusivity import AdvisoryLocks, exclusivity_for  # noqa: E402
 from django_eventsource.projections.runner import run_projections  # noqa: E402
 from django_eventsource.stores.django import DjangoEventStore  # noqa: E402
 from tests.testapp.domain import Account  # noqa: E402
@@ -30,6 +32,29 @@ def tables(alias: str) -> list[str]:
     with connections[alias].cursor() as cursor:
         names = connections[alias].introspection.table_names(cursor)
     return sorted(n for n in names if n.startswith(("eventsource_", "testapp_", "auth_user")))
+
+
+def woken_by_an_append(repository: AggregateRepository[Account]) -> bool | None:
+    """Whether a runner's wait on the checkpoints' database wakes up on an append to the
+    events database (PostgreSQL LISTEN/NOTIFY); None where there is nothing to listen to."""
+    guard = exclusivity_for("readmodels", listen=True)
+    if not isinstance(guard, AdvisoryLocks):
+        return None
+    try:
+        stop = threading.Event()
+        guard.wait(0.0, stop)  # opens the listening connection before the append
+        waiter = threading.Thread(target=guard.wait, args=(120.0, stop))
+        waiter.start()
+        account = Account(uuid4())
+        account.open("Grace")
+        repository.save(account)
+        waiter.join(60.0)  # the wait returns at the notification, or after 120 s
+        woke = not waiter.is_alive()
+        stop.set()
+        waiter.join()
+        return woke
+    finally:
+        guard.close()
 
 
 def main() -> None:
@@ -46,6 +71,7 @@ def main() -> None:
     relayed = publish_outbox(once=True, bus=bus)
     summary = run_projections(once=True)
     row = AccountSummary.objects.get(account_id=account_id)
+    woke = woken_by_an_append(repository)
     print(
         json.dumps(
             {
@@ -54,6 +80,7 @@ def main() -> None:
                 "projected": summary.processed,
                 "balance": str(row.balance),
                 "events_seen": row.events_seen,
+                "woken_by_append": woke,
                 "tables": {alias: tables(alias) for alias in ("default", "events", "readmodels")},
             }
         )

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,14 +23,14 @@ ROOT = Path(__file__).resolve().parent.parent
 ALIASES = ("default", "events", "readmodels")
 
 
-@pytest.fixture
-def databases() -> Iterator[dict[str, str]]:
-    """Three empty databases (SQLite files, or PostgreSQL databases of this run)."""
+@contextmanager
+def empty_databases(aliases: tuple[str, ...]) -> Iterator[dict[str, str]]:
+    """Empty databases, alias → NAME (SQLite files, or PostgreSQL databases of this run)."""
     suffix = os.environ.get("EVENTSOURCE_TEST_DB_SUFFIX", "")
     if connection.vendor == "postgresql":
         import psycopg
 
-        names = {alias: f"test_es_multidb_{alias}{suffix}" for alias in ALIASES}
+        names = {alias: f"test_es_multidb_{alias}{suffix}" for alias in aliases}
         server = settings.DATABASES["default"]
         params = {"host": server["HOST"], "port": server["PORT"], "user": server["USER"]}
         with psycopg.connect(dbname="postgres", autocommit=True, **params) as admin:
@@ -44,13 +45,22 @@ def databases() -> Iterator[dict[str, str]]:
                     admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     else:
         with tempfile.TemporaryDirectory() as directory:
-            yield {alias: str(Path(directory) / f"{alias}.sqlite3") for alias in ALIASES}
+            yield {alias: str(Path(directory) / f"{alias}.sqlite3") for alias in aliases}
 
 
-def _run(databases: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+@pytest.fixture
+def databases() -> Iterator[dict[str, str]]:
+    with empty_databases(ALIASES) as names:
+        yield names
+
+
+def run_with(
+    databases: dict[str, str], *args: str, settings_module: str = "tests.multidb.settings"
+) -> subprocess.CompletedProcess[str]:
+    """``python *args`` in a project on ``databases``, configured by ``settings_module``."""
     env = {
         **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.multidb.settings",
+        "DJANGO_SETTINGS_MODULE": settings_module,
         "EVENTSOURCE_MULTIDB": json.dumps(databases),
     }
     env.pop("EVENTSOURCE_TEST_DB_NAME", None)
@@ -64,12 +74,12 @@ def test_three_database_project_migrates_and_runs_end_to_end(
     databases: dict[str, str],
 ) -> None:
     for alias in ALIASES:
-        result = _run(
+        result = run_with(
             databases, "-m", "django", "migrate", "--run-syncdb", "--database", alias, "-v", "0"
         )
         assert result.returncode == 0, f"migrate --database {alias}: {result.stderr}"
 
-    result = _run(databases, "-m", "tests.multidb.run")
+    result = run_with(databases, "-m", "tests.multidb.run")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
 

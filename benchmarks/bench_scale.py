@@ -42,6 +42,7 @@ def relay(analyze: bool) -> None:
 
     setup_django("postgres")
     from collections.abc import Mapping, Sequence
+    from decimal import Decimal
     from typing import Any
     from uuid import uuid4
 
@@ -66,7 +67,9 @@ def relay(analyze: bool) -> None:
         aggregates = [uuid4() for _ in range(50)]
         rows = [
             OutboxMessage(
-                **outbox_row_values(MoneyDeposited(aggregate_id=a, aggregate_version=v, amount=1))
+                **outbox_row_values(
+                    MoneyDeposited(aggregate_id=a, aggregate_version=v, amount=Decimal(1))
+                )
             )
             for v in range(1, 1001)
             for a in aggregates
@@ -192,6 +195,7 @@ def _consume(
 
 
 def redis_part() -> None:
+    from decimal import Decimal
     from uuid import UUID, uuid4
 
     from benchmarks._harness import setup_django
@@ -208,7 +212,7 @@ def redis_part() -> None:
     prefix = f"bench-scale-{uuid4().hex[:8]}"
     aggregates = [UUID(int=n + 1) for n in range(AGGREGATES)]
     events = [
-        MoneyDeposited(aggregate_id=a, aggregate_version=v, amount=1).to_dict()
+        MoneyDeposited(aggregate_id=a, aggregate_version=v, amount=Decimal(1)).to_dict()
         for v in range(1, MESSAGES // AGGREGATES + 1)
         for a in aggregates
     ]

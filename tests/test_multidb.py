@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.conf import settings
@@ -32,7 +33,11 @@ def empty_databases(aliases: tuple[str, ...]) -> Iterator[dict[str, str]]:
 
         names = {alias: f"test_es_multidb_{alias}{suffix}" for alias in aliases}
         server = settings.DATABASES["default"]
-        params = {"host": server["HOST"], "port": server["PORT"], "user": server["USER"]}
+        params: dict[str, Any] = {
+            "host": server["HOST"],
+            "port": server["PORT"],
+            "user": server["USER"],
+        }
         with psycopg.connect(dbname="postgres", autocommit=True, **params) as admin:
             for name in names.values():
                 admin.execute(f'DROP DATABASE IF EXISTS "{name}"')

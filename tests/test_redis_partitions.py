@@ -12,6 +12,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -40,7 +41,7 @@ def _until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> N
 def _history(aggregates: int, versions: int, first: int = 1) -> list[DomainEvent]:
     ids = [UUID(int=n + 1) for n in range(aggregates)]
     return [
-        MoneyDeposited(aggregate_id=a, aggregate_version=v, amount=1)
+        MoneyDeposited(aggregate_id=a, aggregate_version=v, amount=Decimal(1))
         for v in range(first, first + versions)
         for a in ids
     ]
@@ -173,8 +174,10 @@ def test_a_dead_consumers_partitions_are_taken_over_with_their_pending_messages_
         by_aggregate[aggregate].append(version)
     assert len(by_aggregate) == 8
     assert all(versions == [1, 2, 3, 4, 5] for versions in by_aggregate.values())
+    client = survivor.client
     pending = sum(
-        survivor.client.xpending(stream, "group")["pending"] for stream in config.stream_names
+        client.xpending(stream, "group")["pending"]  # type: ignore[no-untyped-call]
+        for stream in config.stream_names
     )
     assert pending == 0
 

@@ -71,7 +71,11 @@ def pgbouncer_port() -> Iterator[int]:
         yield port
     finally:
         bouncer.terminate()
-        bouncer.wait(30)
+        try:
+            bouncer.wait(30)
+        except subprocess.TimeoutExpired:
+            bouncer.kill()
+            bouncer.wait()
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -84,11 +88,12 @@ def _until(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> 
 
 
 def _save_accounts(count: int) -> int:
+    """Save ``count`` accounts of three events; returns the last position."""
     store = DjangoEventStore()
     for _ in range(count):
         events = account_history(deposits=2)
         store.append_events(events[0].aggregate_id, "Account", events, ExpectedVersion.NO_STREAM)
-    return EventRecord.objects.count()
+    return store.get_global_position()
 
 
 def _position() -> int:
@@ -104,10 +109,9 @@ def _owner_pid() -> int | None:
     return int(parts[1]) if len(parts) == 3 else None
 
 
-def _handled_once(expected: int) -> None:
+def _handled_once() -> None:
     ids = list(HandledEvent.objects.values_list("event_id", flat=True))
-    assert len(ids) == expected
-    assert len(set(ids)) == expected
+    assert sorted(ids) == sorted(EventRecord.objects.values_list("event_id", flat=True))
 
 
 def test_runners_through_transaction_pooling_share_one_projection_and_leave_no_lock(
@@ -149,7 +153,7 @@ def test_runners_through_transaction_pooling_share_one_projection_and_leave_no_l
     first, second = runner(), runner()
     try:
         _until(lambda: _position() == total, "the projection to catch up")
-        _handled_once(total)
+        _handled_once()
         owner = _owner_pid()
         assert owner in (first.pid, second.pid)
         standby = second if owner == first.pid else first
@@ -161,7 +165,7 @@ def test_runners_through_transaction_pooling_share_one_projection_and_leave_no_l
         total = _save_accounts(100)
         _until(lambda: _position() == total, "the other runner to take over")
         assert _owner_pid() == standby.pid
-        _handled_once(total)
+        _handled_once()
     finally:
         for process in (first, second):
             if process.poll() is None:
@@ -180,4 +184,4 @@ def test_runners_through_transaction_pooling_share_one_projection_and_leave_no_l
     later = runner("--once")
     assert later.wait(120) == 0, later.stderr.read().decode() if later.stderr else ""
     assert _position() == total
-    _handled_once(total)
+    _handled_once()

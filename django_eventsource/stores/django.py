@@ -27,9 +27,8 @@ from .. import tracing
 from ..conf import conf
 from ..events.base import DomainEvent
 from ..events.registry import EventRegistry, default_registry
-from ..events.serialization import outbox_row_values
 from ..exceptions import OptimisticLockError
-from ..models import EventRecord, OutboxMessage
+from ..models import EventRecord
 from ._gaps import GapTracker
 from ._sqlite import retry_while_locked
 from .interface import (
@@ -42,7 +41,7 @@ from .interface import (
     StoredEvent,
     parse_stream_id,
 )
-from .reads import option_filters, paged, time_filters
+from .reads import option_filters, paged, time_filters, windowed
 from .rows import RowDecoder
 from .sql import _Sql, fetch_event_rows
 from .validation import (
@@ -95,8 +94,13 @@ class DjangoEventStore(EventStore):
         return self.using or router.db_for_write(EventRecord)
 
     def db_for_read(self) -> str:
-        """The database alias reads come from."""
-        return self.using or router.db_for_read(EventRecord)
+        """The database alias reads come from: the one appends go to.
+
+        Never a router's read replica: a standby lags, and cannot see the primary's open
+        transactions, so a safe mark read there can pass an uncommitted position (the
+        event is then skipped for good), and a stream loaded there for a save is stale.
+        """
+        return self.db_for_write()
 
     def atomic(self) -> contextlib.AbstractContextManager[Any]:
         """``transaction.atomic`` on the write database."""
@@ -183,11 +187,9 @@ class DjangoEventStore(EventStore):
             )
             if retried is not None:
                 return retried
-            last_position = insert_events(conn, cursor, events)
-        if self._outbox_enabled():
-            OutboxMessage.objects.using(alias).bulk_create(
-                [OutboxMessage(**outbox_row_values(e)) for e in events]
-            )
+            # The events and, when enabled, their outbox rows (one statement on
+            # PostgreSQL).
+            last_position = insert_events(conn, cursor, events, outbox=self._outbox_enabled())
         # Imported here: projections sit above the store, which only hands them the events.
         from ..projections.inline import run_inline_projections
 
@@ -345,8 +347,22 @@ class DjangoEventStore(EventStore):
         q = _Sql.get(conn)
         where = [f"{q.c('aggregate_id')} = %s", f"{q.c('aggregate_type')} = %s"]
         params: list[Any] = [q.uuid_to_db(aggregate_id), aggregate_type]
+        filtered = len(where)
         option_filters(q, where, params, opts)
         backward = opts.direction == ReadDirection.BACKWARD
+        if not backward and len(where) == filtered:
+            # Windows of versions, whatever the statistics (see ``windowed``).
+            return windowed(
+                conn,
+                self._rows,
+                self,
+                where,
+                params,
+                key="aggregate_version",
+                after=max(opts.from_position, 0),
+                ceiling=None,
+                limit=opts.limit,
+            )
         return paged(
             conn,
             self._rows,
@@ -401,9 +417,31 @@ class DjangoEventStore(EventStore):
             mark = min(mark, end)
             if mark <= position:
                 return
-            for stored in paged(
-                conn, self._rows, self, where, params, after=position, ceiling=mark, limit=remaining
-            ):
+            if where:
+                page = paged(
+                    conn,
+                    self._rows,
+                    self,
+                    where,
+                    params,
+                    after=position,
+                    ceiling=mark,
+                    limit=remaining,
+                )
+            else:
+                # The catch-up read: windows of positions, whatever the statistics.
+                page = windowed(
+                    conn,
+                    self._rows,
+                    self,
+                    [],
+                    [],
+                    key="position",
+                    after=position,
+                    ceiling=mark,
+                    limit=remaining,
+                )
+            for stored in page:
                 yield stored
                 if remaining is not None:
                     remaining -= 1

@@ -10,10 +10,15 @@ from uuid import UUID, uuid4
 import pytest
 from django.db import connection, transaction
 from django.test import Client, override_settings
+from django.utils import timezone
 
 from django_eventsource import AggregateRepository, DjangoEventStore
 from django_eventsource.models import Checkpoint, EventRecord, OutboxMessage
-from django_eventsource.projections.maintenance import reset_projection
+from django_eventsource.projections.maintenance import (
+    reset_projection,
+    resume_projection,
+    retry_dead_letters,
+)
 from django_eventsource.projections.runner import run_projections
 from tests.testapp import projections as test_projections
 from tests.testapp.domain import Account, AccountOpened, MoneyDeposited
@@ -172,6 +177,51 @@ def test_switching_inline_to_async_and_back_loses_and_doubles_nothing(
     assert tally() == expected_from_store()
     assert checkpoint() == DjangoEventStore().get_global_position()
     assert run_projections(once=True).total_processed == 0
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[INLINE_TALLY])
+def test_a_save_waits_behind_its_aggregates_dead_letter_instead_of_jumping_it(
+    repository: AggregateRepository[Account],
+    monkeypatch: pytest.MonkeyPatch,
+    poison: set[Decimal],
+) -> None:
+    ann = open_and_deposit(repository, 1)
+    bob = open_and_deposit(repository, 2, owner="bob")
+    # Written while the projection runs async; the runner dead-letters ann's deposit of 13.
+    monkeypatch.setattr(test_projections.InlineTallyProjection, "inline", False)
+    poison.add(Decimal(13))
+    deposit(repository, ann, 13)
+    assert run_projections(once=True).dead_lettered == 1
+    monkeypatch.setattr(test_projections.InlineTallyProjection, "inline", True)
+    poison.clear()  # the handler is fixed, the dead letter not yet retried
+
+    deposit(repository, ann, 100)  # must not be applied before the 13
+    deposit(repository, bob, 4)
+
+    assert row(ann) == (Decimal(1), 2)
+    assert checkpoint() < DjangoEventStore().get_global_position()
+    run_projections(once=True)  # parks ann's 100 behind the 13, applies bob's 4
+    assert row(ann) == (Decimal(1), 2) and row(bob) == (Decimal(6), 3)
+    assert retry_dead_letters(NAME).resolved == 2
+    assert row(ann) == (Decimal(114), 4)
+    assert tally() == expected_from_store()
+    deposit(repository, ann, 1000)  # the sequence is clear: inline again
+    assert row(ann) == (Decimal(1114), 5)
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[INLINE_TALLY])
+def test_a_paused_inline_projection_leaves_saves_to_the_runner(
+    repository: AggregateRepository[Account],
+) -> None:
+    ann = open_and_deposit(repository, 1)
+    Checkpoint.objects.filter(projection_name=NAME).update(paused_at=timezone.now())
+
+    deposit(repository, ann, 5)
+
+    assert row(ann) == (Decimal(1), 2)
+    assert resume_projection(NAME)
+    run_projections(once=True)
+    assert row(ann) == (Decimal(6), 3)
 
 
 @override_settings(EVENTSOURCE_PROJECTIONS=[INLINE_TALLY])

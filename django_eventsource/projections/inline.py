@@ -7,6 +7,11 @@ appended events by moving the projection's checkpoint from the position just bef
 to the last of them, in one ``UPDATE … WHERE position = first - 1``, and only then runs
 the handlers. The save, the read model and the checkpoint commit or roll back together.
 
+The claim also fails while the projection is paused or while one of the appended events'
+sequence keys has an open dead letter for it: those events must wait behind the dead
+letter, so they are left to the runner, which parks them (see ``sequencing``). The check
+is part of the same ``UPDATE``, so it costs no extra round trip.
+
 The claim succeeds only when every event before the appended ones was already applied
 (the checkpoint is exactly at the position before them) and the appended events hold
 consecutive positions (no concurrent writer's event between them); or when only empty
@@ -32,7 +37,7 @@ from django.utils import timezone
 from ..conf import conf
 from ..context import event_context
 from ..events.base import DomainEvent
-from ..models import Checkpoint, EventRecord
+from ..models import Checkpoint, DeadLetter, EventRecord
 from .base import BatchProjection, Projection
 
 logger = logging.getLogger("django_eventsource")
@@ -79,9 +84,10 @@ def run_inline_projections(alias: str, events: Sequence[DomainEvent], last_posit
     last = events[-1]
     for projection in projections:
         wanted = [event for event in events if projection.is_interested_in(event)]
+        keys = sorted({projection.sequence_key(event) for event in wanted})
         # Claimed even when none is wanted: the checkpoint must stay just below the next
         # append for that one to be applied inline.
-        if not _claim(alias, projection.name, first - 1, last_position, last, len(wanted)):
+        if not _claim(alias, projection.name, first - 1, last_position, last, len(wanted), keys):
             continue
         if not wanted:
             continue
@@ -110,16 +116,32 @@ def _positions(alias: str, events: Sequence[DomainEvent], last_position: int) ->
 
 
 def _claim(
-    alias: str, name: str, before: int, last_position: int, last: DomainEvent, count: int
+    alias: str,
+    name: str,
+    before: int,
+    last_position: int,
+    last: DomainEvent,
+    count: int,
+    keys: list[str],
 ) -> bool:
-    """Move ``name``'s checkpoint from ``before`` to ``last_position``; whether it moved."""
-    if _advance(alias, name, before, last_position, last, count):
+    """Move ``name``'s checkpoint from ``before`` to ``last_position``; whether it moved.
+
+    Not while the projection is paused, nor while one of ``keys`` (the sequence keys of
+    the events to apply) has an open dead letter.
+    """
+    if _advance(alias, name, before, last_position, last, count, keys):
         return True
-    return _claim_across_gap(alias, name, before + 1, last_position, last, count)
+    return _claim_across_gap(alias, name, before + 1, last_position, last, count, keys)
 
 
 def _claim_across_gap(
-    alias: str, name: str, first: int, last_position: int, last: DomainEvent, count: int
+    alias: str,
+    name: str,
+    first: int,
+    last_position: int,
+    last: DomainEvent,
+    count: int,
+    keys: list[str],
 ) -> bool:
     """Claim when only empty positions lie between the checkpoint and ``first``.
 
@@ -139,7 +161,7 @@ def _claim_across_gap(
     between = EventRecord.objects.using(alias).filter(position__gt=current, position__lt=first)
     if between.exists() or _other_writers(alias):
         return False
-    return _advance(alias, name, current, last_position, last, count)
+    return _advance(alias, name, current, last_position, last, count, keys)
 
 
 def _other_writers(alias: str) -> bool:
@@ -161,7 +183,13 @@ def _other_writers(alias: str) -> bool:
 
 
 def _advance(
-    alias: str, name: str, before: int, last_position: int, last: DomainEvent, count: int
+    alias: str,
+    name: str,
+    before: int,
+    last_position: int,
+    last: DomainEvent,
+    count: int,
+    keys: list[str],
 ) -> bool:
     # One raw statement: an append pays for it on every save.
     conn = connections[alias]
@@ -173,13 +201,22 @@ def _advance(
 
     now = prep("updated_at", timezone.now())
     column = ops.quote_name
+    blocked = ""
+    if keys:
+        letters = DeadLetter._meta.db_table
+        blocked = (
+            f" AND NOT EXISTS (SELECT 1 FROM {column(letters)} WHERE "
+            f"{column('projection_name')} = %s AND {column('status')} <> %s AND "
+            f"{column('sequence_key')} IN ({', '.join(['%s'] * len(keys))}))"
+        )
     with conn.cursor() as cursor:
         cursor.execute(
             f"UPDATE {column(meta.db_table)} SET {column('position')} = %s, "
             f"{column('last_event_id')} = %s, {column('last_event_type')} = %s, "
             f"{column('last_processed_at')} = %s, {column('updated_at')} = %s, "
             f"{column('events_processed')} = {column('events_processed')} + %s "
-            f"WHERE {column('projection_name')} = %s AND {column('position')} = %s",
+            f"WHERE {column('projection_name')} = %s AND {column('position')} = %s "
+            f"AND {column('paused_at')} IS NULL{blocked}",
             [
                 last_position,
                 prep("last_event_id", last.event_id),
@@ -189,6 +226,7 @@ def _advance(
                 count,
                 name,
                 before,
+                *([name, DeadLetter.Status.RESOLVED.value, *keys] if keys else []),
             ],
         )
         return bool(cursor.rowcount == 1)

@@ -71,7 +71,7 @@ def _locked_position(name: str, using: str) -> int:
 
 
 def _read_batch(
-    ctx: BatchContext, position: int
+    ctx: BatchContext, position: int, buckets: tuple[int, int] | None = None
 ) -> tuple[list[StoredEvent], EventSourceError | None]:
     """The next events after ``position``, and the error that cut the batch short, if any.
 
@@ -79,7 +79,8 @@ def _read_batch(
     """
     events: list[StoredEvent] = []
     try:
-        for stored in ctx.store.read_all(ReadOptions(from_position=position, limit=ctx.batch_size)):
+        options = ReadOptions(from_position=position, limit=ctx.batch_size, buckets=buckets)
+        for stored in ctx.store.read_all(options):
             events.append(stored)
     except EventSourceError as exc:
         return events, exc
@@ -92,7 +93,8 @@ def run_batch(projection: Projection, ctx: BatchContext) -> BatchResult:
     policy = projection.get_retry_policy()
     with transaction.atomic(using=ctx.using):
         position = _locked_position(name, ctx.using)
-        batch, read_error = _read_batch(ctx, position)
+        # A unit of a segmented projection reads only its buckets (projections/segments.py).
+        batch, read_error = _read_batch(ctx, position, getattr(projection, "segment_buckets", None))
         with _batch_span(name, position, batch) as current:
             wanted = [stored for stored in batch if projection.is_interested_in(stored.event)]
             handled, dead = len(wanted), 0

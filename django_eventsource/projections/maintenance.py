@@ -17,8 +17,8 @@ from ..events.registry import default_registry
 from .base import RetryPolicy, apply_with_retries
 from .django_checkpoints import DjangoCheckpointRepository
 from .django_dead_letters import DjangoDLQRepository
-from .exclusivity import exclusive
 from .runner import Progress, RunSummary, batch_context, checkpoint_db, drain, load_projections
+from .segments import base_projection_name, clear_unit_checkpoints, holding, units_of
 
 logger = logging.getLogger("django_eventsource")
 
@@ -43,27 +43,26 @@ def reset_projection(
     """
     (projection,) = load_projections([name])
     using = checkpoint_db()
-    summary = RunSummary(processed={projection.name: 0})
-    with exclusive(projection.name, using) as guard:
+    # A segmented projection is reset once and rebuilt unit by unit (segments.py).
+    units = units_of(projection)
+    summary = RunSummary(processed={unit.name: 0 for unit in units})
+    names = list(dict.fromkeys([projection.name, *(unit.name for unit in units)]))
+    with holding(names, using) as guard:
         with transaction.atomic(using=using):
             projection.reset()
             # The runner's checkpoint is this row. A CheckpointTrackingProjection's reset()
             # clears its own repository, usually an in-memory one; when that is this very
             # row the rewind below is a no-op UPDATE, and skipping it would lose the reset
             # for overrides that do not call super().reset().
-            DjangoCheckpointRepository(using).reset_checkpoint(projection.name)
+            for checkpoint_name in names:
+                DjangoCheckpointRepository(using).reset_checkpoint(checkpoint_name)
+            clear_unit_checkpoints(projection.name, using, keep=names)
         logger.info("Projection %s reset", projection.name, extra={"projection": projection.name})
         if rebuild:
             ctx = batch_context(using)
-            drain(
-                projection,
-                ctx,
-                summary,
-                threading.Event(),
-                progress,
-                guard,
-                target=ctx.store.safe_high_water_mark(),
-            )
+            target = ctx.store.safe_high_water_mark()
+            for unit in units:
+                drain(unit, ctx, summary, threading.Event(), progress, guard, target=target)
     return summary
 
 
@@ -94,7 +93,8 @@ def retry_dead_letters(
     for entry in entries:
         if entry.status == "resolved" or (projection and entry.projection_name != projection):
             continue
-        target = configured.get(entry.projection_name)
+        # A unit's dead letter ("Name#2/4") belongs to its projection.
+        target = configured.get(base_projection_name(entry.projection_name))
         if target is None:
             report.failed += 1
             report.errors[entry.id] = f"Projection {entry.projection_name!r} is not configured"

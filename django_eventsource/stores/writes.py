@@ -14,6 +14,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
 
 from ..events.base import DomainEvent
+from ..partitioning import event_bucket
 from .sql import _INSERT_COLUMNS, _as_uuid, _Sql
 from .validation import storable_event_json
 
@@ -100,6 +101,7 @@ def insert_events(
                 dt_db(e.occurred_at),
                 json_db(payload),
                 json_db(metadata),
+                event_bucket(e.aggregate_id),  # segmented projections
             )
         values = ", ".join([q.row_placeholder] * len(chunk))
         insert = f"INSERT INTO {q.table} ({q.insert_columns}) VALUES {values}"

@@ -8,7 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ..._runtime import stop_on_signals
-from ...exceptions import UnknownProjectionError
+from ...exceptions import SegmentCountMismatchError, UnknownProjectionError
 from ...projections.runner import run_projections
 
 
@@ -39,6 +39,11 @@ class Command(BaseCommand):
             type=float,
             help="Seconds between polls when idle (default EVENTSOURCE_POLL_INTERVAL).",
         )
+        parser.add_argument(
+            "--max-units",
+            type=int,
+            help="Units of segmented projections to work on per pass (default: every free one).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         batch_size = options["batch_size"]
@@ -47,6 +52,9 @@ class Command(BaseCommand):
         poll_interval = options["poll_interval"]
         if poll_interval is not None and poll_interval < 0:
             raise CommandError("--poll-interval cannot be negative")
+        max_units = options["max_units"]
+        if max_units is not None and max_units < 1:
+            raise CommandError("--max-units must be at least 1")
         verbosity = int(options["verbosity"])
         stop_event = threading.Event()
 
@@ -66,8 +74,9 @@ class Command(BaseCommand):
                     poll_interval=poll_interval,
                     stop_event=stop_event,
                     progress=progress,
+                    max_units=max_units,
                 )
-        except UnknownProjectionError as exc:
+        except (UnknownProjectionError, SegmentCountMismatchError) as exc:
             raise CommandError(str(exc)) from exc
         if verbosity >= 1:
             for name, count in summary.processed.items():

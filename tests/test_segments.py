@@ -273,9 +273,8 @@ def test_resizing_without_a_change_or_while_a_unit_runs_does_nothing() -> None:
 
     assert resize_projection(NAME).drained == 0
     SegmentedTally.segments = 2
-    with holding([unit_name(NAME, 3, 4)], checkpoint_db()):
-        with pytest.raises(ProjectionBusyError):
-            resize_projection(NAME)
+    with holding([unit_name(NAME, 3, 4)], checkpoint_db()), pytest.raises(ProjectionBusyError):
+        resize_projection(NAME)
     assert unit_positions() == before
 
 

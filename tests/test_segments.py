@@ -318,3 +318,22 @@ def test_events_appended_while_resizing_are_handled_once_by_the_new_units(
 
     run_projections(once=True)
     assert_exact(store)
+
+
+def test_the_migration_backfills_the_buckets_of_existing_events() -> None:
+    import importlib
+    from types import SimpleNamespace
+
+    from django.apps import apps
+    from django.db import connection
+
+    migration = importlib.import_module("django_eventsource.migrations.0007_event_bucket")
+    append_accounts(DjangoEventStore(), accounts=30, deposits=1)
+    EventRecord.objects.update(bucket=0)  # rows as they were before the column existed
+
+    # The function reads only the editor's connection (SQLite refuses a real editor here).
+    migration.backfill_buckets(apps, SimpleNamespace(connection=connection))
+
+    rows = list(EventRecord.objects.values_list("aggregate_id", "bucket"))
+    assert all(bucket == event_bucket(aggregate) for aggregate, bucket in rows)
+    assert any(bucket for _, bucket in rows)

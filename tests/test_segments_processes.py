@@ -24,8 +24,8 @@ from django.db import connection
 
 from django_eventsource import DjangoEventStore
 from django_eventsource.models import Checkpoint, DeadLetter, EventRecord
-from tests.testapp.segmented import SEGMENTED
 from tests.test_segments import append_accounts, assert_exact
+from tests.testapp.segmented import SEGMENTED
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

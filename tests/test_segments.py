@@ -337,3 +337,52 @@ def test_the_migration_backfills_the_buckets_of_existing_events() -> None:
     rows = list(EventRecord.objects.values_list("aggregate_id", "bucket"))
     assert all(bucket == event_bucket(aggregate) for aggregate, bucket in rows)
     assert any(bucket for _, bucket in rows)
+
+
+def test_an_unreadable_event_is_dead_lettered_by_its_own_unit_only() -> None:
+    from django.utils import timezone
+
+    store = DjangoEventStore()
+    append_accounts(store, accounts=20, deposits=1)
+    account = uuid4()
+    EventRecord.objects.create(  # written by an older version of the application
+        event_id=uuid4(),
+        aggregate_type="Account",
+        aggregate_id=account,
+        aggregate_version=1,
+        event_type="MoneyDeposited",
+        correlation_id=uuid4(),
+        occurred_at=timezone.now(),
+        payload={"amount": "a lot"},
+    )
+    append_accounts(store, accounts=20, deposits=1)
+
+    run_projections(once=True)
+
+    letter = DeadLetter.objects.get()
+    owner = next(i for i in range(4) if event_bucket(account) in range(*bucket_range(i, 4)))
+    assert letter.projection_name == unit_name(NAME, owner, 4)
+    assert letter.event_data["payload"] == {"amount": "a lot"}
+    letter.delete()
+    EventRecord.objects.filter(aggregate_id=account).delete()  # so the store replays
+    assert_exact(store)
+
+
+def test_a_units_dead_letter_is_retried_with_its_projection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from django_eventsource.projections.maintenance import retry_dead_letters
+
+    store = DjangoEventStore()
+    append_accounts(store, accounts=1, deposits=0)
+    original = SegmentedTally.on_opened
+    monkeypatch.setattr(SegmentedTally, "on_opened", lambda self, event: 1 / 0)
+    run_projections(once=True)
+    assert DeadLetter.objects.get().projection_name.startswith(f"{NAME}#")
+    monkeypatch.setattr(SegmentedTally, "on_opened", original)
+
+    report = retry_dead_letters(projection=NAME)
+
+    assert (report.resolved, report.failed) == (1, 0)
+    assert not DeadLetter.objects.open().exists()
+    assert AccountSummary.objects.count() == 1

@@ -299,7 +299,8 @@ def _handle_unreadable(
     """
     if not isinstance(ctx.store, DjangoEventStore):
         raise error  # only the Django store can hand over an event it cannot deserialize
-    row = ctx.store.first_raw_event_after(after)
+    # A unit of a segmented projection looks only at its buckets (projections/segments.py).
+    row = ctx.store.first_raw_event_after(after, getattr(projection, "segment_buckets", None))
     if row is None:
         raise error
     position = int(row["position"])

@@ -84,14 +84,24 @@ def retry_dead_letters(
         load_projections([projection])  # raises UnknownProjectionError with the list
     if ids:
         entries = [e for i in ids if (e := dead_letters.get_failed_event_by_id(i)) is not None]
+    elif projection is not None:
+        # A segmented projection's dead letters are recorded under its units' names.
+        (target_projection,) = load_projections([projection])
+        entries = [
+            entry
+            for name in dict.fromkeys([projection, *(u.name for u in units_of(target_projection))])
+            for entry in dead_letters.get_open_events(name, limit=20_000)
+        ]
     else:
-        entries = dead_letters.get_open_events(projection, limit=20_000)
+        entries = dead_letters.get_open_events(None, limit=20_000)
     report = RetryReport()
     for missing in set(ids or []) - {e.id for e in entries}:
         report.failed += 1
         report.errors[missing] = "No such dead letter"
     for entry in entries:
-        if entry.status == "resolved" or (projection and entry.projection_name != projection):
+        if entry.status == "resolved" or (
+            projection and base_projection_name(entry.projection_name) != projection
+        ):
             continue
         # A unit's dead letter ("Name#2/4") belongs to its projection.
         target = configured.get(base_projection_name(entry.projection_name))

@@ -126,12 +126,20 @@ def exact(limit_accounts: set[UUID] | None = None) -> bool:
     return model == state and not DeadLetter.objects.exists()
 
 
-def reset(path: str) -> None:
+def set_segments(path: str, segments: int) -> None:
+    from django.utils.module_loading import import_string
+
+    import_string(path).segments = segments
+
+
+def reset(path: str, segments: int = 4) -> None:
+    """Empty the read model and rewind the checkpoints of ``segments`` units (others go)."""
     from django.test.utils import override_settings
 
     from django_eventsource.models import DeadLetter
     from django_eventsource.projections.maintenance import reset_projection
 
+    set_segments(path, segments)
     with override_settings(EVENTSOURCE_PROJECTIONS=[path]):
         reset_projection(path)
     DeadLetter.objects.all().delete()
@@ -140,15 +148,15 @@ def reset(path: str) -> None:
 # -- runner processes --------------------------------------------------------------------------
 
 
-def child_env(path: str) -> dict[str, str]:
-    return {**os.environ, "BENCH_CHILD_PROJECTION": path}
+def child_env(path: str, segments: int = 4) -> dict[str, str]:
+    return {**os.environ, "BENCH_CHILD_PROJECTION": path, "BENCH_CHILD_SEGMENTS": str(segments)}
 
 
-def start_runner(path: str, *args: str) -> subprocess.Popen[str]:
+def start_runner(path: str, *args: str, segments: int = 4) -> subprocess.Popen[str]:
     """A runner process, set up and waiting for a line on its stdin before it starts."""
     runner = subprocess.Popen(
         [sys.executable, __file__, "--runner", *args],
-        env=child_env(path),
+        env=child_env(path, segments),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -165,7 +173,9 @@ def go(runner: subprocess.Popen[str]) -> None:
     runner.stdin.flush()
 
 
-def run_processes(path: str, processes: int, batch_size: int) -> tuple[int, float]:
+def run_processes(
+    path: str, processes: int, batch_size: int, segments: int = 4
+) -> tuple[int, float]:
     """``processes`` runners with ``--once`` released together: (events handled, seconds).
 
     The time runs from the release to the end of the last runner's pass; Python and
@@ -175,7 +185,8 @@ def run_processes(path: str, processes: int, batch_size: int) -> tuple[int, floa
 
     connections.close_all()
     runners = [
-        start_runner(path, "--once", "--batch-size", str(batch_size)) for _ in range(processes)
+        start_runner(path, "--once", "--batch-size", str(batch_size), segments=segments)
+        for _ in range(processes)
     ]
     start = time.time()
     for runner in runners:
@@ -205,6 +216,7 @@ def runner_main(once: bool, batch_size: int) -> None:
     from django_eventsource.projections.runner import run_projections
     from django_eventsource.projections.segments import load_units
 
+    set_segments(settings.EVENTSOURCE_PROJECTIONS[0], int(os.environ["BENCH_CHILD_SEGMENTS"]))
     load_units()  # import the projection before the clock starts
     stop = threading.Event()
     print("ready", flush=True)
@@ -221,6 +233,13 @@ def runner_main(once: bool, batch_size: int) -> None:
 
 def scaling(path: str, counts: list[int], batch_size: int, label: str) -> dict[int, float]:
     rates: dict[int, float] = {}
+    reset(path, segments=1)
+    handled, seconds = run_processes(path, 1, batch_size, segments=1)
+    print(
+        f"  {label}: reference, segments = 1, 1 process: {handled / seconds:,.0f} events/s, "
+        f"read model {'exact' if exact() else 'NOT EXACT'}",
+        flush=True,
+    )
     for processes in counts:
         reset(path)
         handled, seconds = run_processes(path, processes, batch_size)

@@ -386,3 +386,25 @@ def test_a_units_dead_letter_is_retried_with_its_projection(
     assert (report.resolved, report.failed) == (1, 0)
     assert not DeadLetter.objects.open().exists()
     assert AccountSummary.objects.count() == 1
+
+
+def test_quiet_units_keep_up_with_the_store_in_the_health_report() -> None:
+    from django_eventsource.health import get_health
+
+    store = DjangoEventStore()
+    append_accounts(store, accounts=20, deposits=1)
+    run_projections(once=True)
+    # New events of one account only: three units have nothing to do, yet are not behind.
+    account = EventRecord.objects.values_list("aggregate_id", flat=True).first()
+    store.append_events(
+        account,
+        "Account",
+        [MoneyDeposited(aggregate_id=account, amount=Decimal(3), aggregate_version=3)],
+        2,
+    )
+    run_projections(once=True)
+
+    report = {p.name: p for p in get_health().projections}
+    assert set(report) == {unit_name(NAME, i, 4) for i in range(4)}
+    assert all(p.lag_events == 0 for p in report.values())
+    assert_exact(store)

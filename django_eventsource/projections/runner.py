@@ -202,7 +202,7 @@ def run_projections(
                     drain(projection, ctx, summary, stop_event, progress, guard)
                     # Units are given back when caught up, so other runners can take them.
                     after = summary.processed.get(projection.name, 0)
-                    claims.done(projection, projections, guard, after - before)
+                    claims.done(projection, projections, guard, after - before, ctx)
                 failures = 0
                 if once:
                     break

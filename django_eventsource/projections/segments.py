@@ -34,6 +34,7 @@ from ..models import Checkpoint, EventRecord
 from ..partitioning import EVENT_BUCKETS
 from ..stores.django import DjangoEventStore
 from .base import Projection, RetryPolicy
+from .batch import BatchContext
 from .exclusivity import Exclusivity, exclusivity_for
 
 logger = logging.getLogger("django_eventsource")
@@ -235,14 +236,45 @@ class UnitClaims:
         projections: list[Projection],
         guard: Exclusivity,
         processed: int,
+        ctx: BatchContext,
     ) -> None:
         """After draining ``projection``: give a unit back (no stickiness) and count it."""
         if not isinstance(projection, SegmentUnit):
             return
+        if projection.name in guard.held:
+            advance_idle_unit(projection, ctx)
         guard.release(projection.name)
         if processed:
             self._worked += 1
             self._start = (projections.index(projection) + 1) % len(projections)
+
+
+def advance_idle_unit(unit: SegmentUnit, ctx: BatchContext) -> int:
+    """Move a caught-up unit's checkpoint to the safe mark when none of its events lie before it.
+
+    A unit's checkpoint is otherwise the position of its own last event, which trails the
+    store's head while its buckets are quiet: the lag reports would show it behind. The
+    checkpoint row is locked meanwhile, as for a batch. Returns the new position.
+    """
+    store = ctx.store
+    if not isinstance(store, DjangoEventStore):
+        return -1
+    low, high = unit.segment_buckets
+    with transaction.atomic(using=ctx.using):
+        rows = Checkpoint.objects.using(ctx.using).select_for_update().for_projection(unit.name)
+        position = rows.values_list("position", flat=True).first()
+        mark = store.safe_high_water_mark()
+        if position is None or mark <= position:
+            return -1 if position is None else int(position)
+        pending = (
+            EventRecord.objects.using(store.db_for_read())
+            .filter(position__gt=position, position__lte=mark, bucket__gte=low, bucket__lt=high)
+            .exists()
+        )
+        if pending:
+            return int(position)
+        rows.update(position=mark, updated_at=timezone.now())
+    return mark
 
 
 @contextmanager

@@ -6,8 +6,10 @@
     python3 dev.py test --quick   # the same without the slow tests (CI runs everything)
     python3 dev.py check   # ruff (lint, format), mypy --strict, migrations, docs build
 
-The first run creates ``.venv`` and installs the project with its ``dev`` extra; later
-runs reuse it until ``pyproject.toml`` changes.
+The first run creates ``.venv``. ``demo`` installs the project alone (Django and
+pydantic: all the example needs); ``test`` and ``check`` install it with its ``dev``
+extra (database drivers, Redis, Celery, the test and lint tools). Later runs reuse what
+is installed until ``pyproject.toml`` changes.
 
 ``dev.py test`` runs the PostgreSQL and Redis tests when those servers answer (settings:
 ``EVENTSOURCE_TEST_PG_*``, ``EVENTSOURCE_TEST_REDIS_URL``). With
@@ -34,7 +36,8 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / "python"
-STAMP = VENV / ".installed"
+# One stamp per install: the project alone ("demo") or with its dev extra ("dev").
+STAMPS = {"demo": VENV / ".installed-demo", "dev": VENV / ".installed-dev"}
 
 
 def run(*args: str | Path, env: dict[str, str] | None = None) -> None:
@@ -45,18 +48,25 @@ def run(*args: str | Path, env: dict[str, str] | None = None) -> None:
         sys.exit(completed.returncode)
 
 
-def ensure_venv() -> None:
+def ensure_venv(kind: str = "dev") -> None:
+    """``.venv`` with the project installed: alone (``demo``) or with the dev extra."""
     if sys.version_info < (3, 11):  # noqa: UP036 - a clear message for older interpreters
         sys.exit("django-eventsource needs Python 3.11 or newer")
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    if STAMP.exists() and STAMP.read_text() == digest and PYTHON.exists():
+    # The dev install has everything the demo needs too.
+    enough = ["demo", "dev"] if kind == "demo" else ["dev"]
+    if PYTHON.exists() and any(
+        STAMPS[k].exists() and STAMPS[k].read_text() == digest for k in enough
+    ):
         return
     if not PYTHON.exists():
         print(f"Creating {VENV} ...", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
+    target = "." if kind == "demo" else ".[dev]"
+    print(f"Installing the project ({'alone' if kind == 'demo' else 'with its dev extra'}) ...")
     run(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
-    run(PYTHON, "-m", "pip", "install", "--quiet", "-e", ".[dev]")
-    STAMP.write_text(digest)
+    run(PYTHON, "-m", "pip", "install", "--quiet", "-e", target)
+    STAMPS[kind].write_text(digest)
 
 
 def reachable(host: str, port: int) -> bool:
@@ -68,7 +78,7 @@ def reachable(host: str, port: int) -> bool:
 
 
 def demo(args: list[str]) -> None:
-    ensure_venv()
+    ensure_venv("demo")
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "example_project.settings"}
     run(PYTHON, "manage.py", "migrate", "--no-input", "-v", "0", env=env)
     run(PYTHON, "manage.py", "demo", *args, env=env)

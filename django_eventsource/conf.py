@@ -95,6 +95,8 @@ class Settings:
     RETRY_BACKOFF: Setting[float] = Setting(0.1, float)
     # Upper bound in seconds of one backoff delay.
     RETRY_BACKOFF_MAX: Setting[float] = Setting(30.0, float)
+    # Consecutive dead-lettered events after which a projection pauses (0: never pauses).
+    PROJECTION_PAUSE_AFTER: Setting[int] = Setting(10, int)
     # Emit OpenTelemetry spans; None means "when opentelemetry is importable".
     TRACING: Setting[bool | None] = Setting(None)
     # Health view thresholds.

@@ -28,6 +28,8 @@ class HealthReport:
     transactions keep catch-up readers below ``global_position`` (PostgreSQL only; the
     start of each one's current ``query`` only when asked for) and
     ``readers_held_back_seconds`` is how long the oldest of them has been open.
+    ``dead_letters_parked`` counts the events waiting behind dead letters of their
+    sequence, and ``paused_projections`` names the paused projections (each a problem).
     """
 
     healthy: bool
@@ -37,6 +39,8 @@ class HealthReport:
     projections: list[ProjectionHealth] = field(default_factory=list)
     dead_letters_failed: int = 0
     dead_letters_retrying: int = 0
+    dead_letters_parked: int = 0
+    paused_projections: list[str] = field(default_factory=list)
     outbox_pending: int = 0
     outbox_failed: int = 0
     outbox_oldest_pending_seconds: float | None = None
@@ -49,6 +53,12 @@ class HealthReport:
         data = asdict(self)
         data["status"] = "ok" if self.healthy else "unhealthy"
         return data
+
+
+def first_line(error: str, limit: int = 200) -> str:
+    """The first line of an error message, cut to ``limit`` characters ("-" when empty)."""
+    line = error.strip().splitlines()[0] if error.strip() else "-"
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _projection_names() -> list[str]:
@@ -95,6 +105,11 @@ def get_health(*, include_queries: bool = False) -> HealthReport:
     checkpoints = {c.projection_name: c for c in Checkpoint.objects.with_lag()}
     failed = DeadLetter.objects.failed().per_projection()
     dead_by_projection = {row["projection_name"]: row["failures"] for row in failed}
+    parked_by_projection: dict[str, int] = {}
+    for (projection_name, _key), waiting in DeadLetter.objects.waiting_counts().items():
+        parked_by_projection[projection_name] = (
+            parked_by_projection.get(projection_name, 0) + waiting
+        )
     names = list(dict.fromkeys([*_projection_names(), *checkpoints, *dead_by_projection]))
     for name in names:
         # A configured projection that never ran is behind by every stored event.
@@ -109,8 +124,18 @@ def get_health(*, include_queries: bool = False) -> HealthReport:
                 lag_seconds=round(lag_seconds, 3),
                 dead_letters=dead_by_projection.get(name, 0),
                 last_processed_at=checkpoint.last_processed_at,
+                parked=parked_by_projection.get(name, 0),
+                paused=checkpoint.paused,
+                last_error=first_line(checkpoint.last_error) if checkpoint.last_error else "",
             )
         )
+        if checkpoint.paused:
+            report.paused_projections.append(name)
+            report.problems.append(
+                f"projection {name} is paused after {checkpoint.failure_streak} consecutive "
+                f"failed events (last error: {first_line(checkpoint.last_error)}); "
+                f"resume it with resume_projection {name}"
+            )
         if lag_events > conf.HEALTH_MAX_LAG_EVENTS:
             report.problems.append(
                 f"projection {name} is {lag_events} events behind "
@@ -125,6 +150,7 @@ def get_health(*, include_queries: bool = False) -> HealthReport:
     dlq = DeadLetter.objects.status_summary()
     report.dead_letters_failed = dlq["failed"]
     report.dead_letters_retrying = dlq["retrying"]
+    report.dead_letters_parked = dlq["parked"]
     if report.dead_letters_failed > conf.HEALTH_MAX_DEAD_LETTERS:
         report.problems.append(
             f"{report.dead_letters_failed} dead letter(s) (limit {conf.HEALTH_MAX_DEAD_LETTERS})"

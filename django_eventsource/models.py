@@ -119,6 +119,9 @@ class CheckpointQuerySet(models.QuerySet["Checkpoint"]):
             last_event_type="",
             events_processed=0,
             last_processed_at=None,
+            failure_streak=0,
+            paused_at=None,
+            last_error="",
         )
 
     def with_lag(self, event_types: Collection[str] | None = None) -> Self:
@@ -186,6 +189,21 @@ class Checkpoint(models.Model):
         ),
     )
     lease_expires_at = models.DateTimeField(_("lease expires at"), null=True, blank=True)
+    failure_streak = models.PositiveIntegerField(
+        _("consecutive failures"),
+        default=0,
+        help_text=_("Events dead-lettered in a row since the last one handled."),
+    )
+    paused_at = models.DateTimeField(
+        _("paused at"),
+        null=True,
+        blank=True,
+        help_text=_(
+            "Set when the projection paused after EVENTSOURCE_PROJECTION_PAUSE_AFTER "
+            "consecutive failures; the runner skips it until it is resumed."
+        ),
+    )
+    last_error = models.TextField(_("last error"), blank=True, default="")
 
     objects = CheckpointQuerySet.as_manager()
 
@@ -202,6 +220,11 @@ class Checkpoint(models.Model):
 
     def __str__(self) -> str:
         return f"{self.projection_name} @ {self.position}"
+
+    @property
+    def paused(self) -> bool:
+        """Whether the runner skips this projection until it is resumed."""
+        return self.paused_at is not None
 
     @property
     def lag_events(self) -> int:
@@ -226,11 +249,38 @@ class DeadLetterQuerySet(models.QuerySet["DeadLetter"]):
         return self.filter(projection_name=projection_name)
 
     def failed(self) -> Self:
-        return self.filter(status=DeadLetter.Status.FAILED)
+        """Failed entries, the events parked behind them excluded."""
+        return self.filter(status=DeadLetter.Status.FAILED, parked=False)
 
     def open(self) -> Self:
-        """Entries still to deal with: failed, or being retried."""
+        """Entries still to deal with: failed, being retried, or parked behind one of those."""
         return self.exclude(status=DeadLetter.Status.RESOLVED)
+
+    def heads(self) -> Self:
+        """Open entries that are the head of their sequence (the parked ones excluded)."""
+        return self.open().filter(parked=False)
+
+    def parked_events(self) -> Self:
+        """Open entries waiting, never handled, behind the head of their sequence."""
+        return self.open().filter(parked=True)
+
+    def in_sequence(self, projection_name: str, sequence_key: str) -> Self:
+        """The open entries of one sequence, head first (in the events' global order)."""
+        return (
+            self.open()
+            .filter(projection_name=projection_name, sequence_key=sequence_key)
+            .order_by("global_position", "id")
+        )
+
+    def waiting_counts(self) -> dict[tuple[str, str], int]:
+        """Parked entries per ``(projection_name, sequence_key)``, in one query."""
+        rows = (
+            self.parked_events()
+            .order_by()
+            .values_list("projection_name", "sequence_key")
+            .annotate(waiting=Count("id"))
+        )
+        return {(name, key): int(waiting) for name, key, waiting in rows}
 
     def resolved(self, before: datetime | None = None) -> Self:
         """Resolved entries (only those resolved before ``before`` when given)."""
@@ -246,12 +296,13 @@ class DeadLetterQuerySet(models.QuerySet["DeadLetter"]):
         )
 
     def status_summary(self) -> dict[str, Any]:
-        """``failed`` and ``retrying`` counts, ``projections`` (distinct names among them)
-        and ``oldest`` (the earliest ``first_failed_at``), in one query."""
+        """``failed``, ``retrying`` and ``parked`` counts, ``projections`` (distinct names
+        among them) and ``oldest`` (the earliest ``first_failed_at``), in one query."""
         status = DeadLetter.Status
         return self.open().aggregate(
-            failed=Count("id", filter=Q(status=status.FAILED)),
-            retrying=Count("id", filter=Q(status=status.RETRYING)),
+            failed=Count("id", filter=Q(status=status.FAILED, parked=False)),
+            retrying=Count("id", filter=Q(status=status.RETRYING, parked=False)),
+            parked=Count("id", filter=Q(parked=True)),
             projections=Count("projection_name", distinct=True),
             oldest=Min("first_failed_at"),
         )
@@ -292,6 +343,21 @@ class DeadLetter(models.Model):
     last_failed_at = models.DateTimeField(_("last failed at"), db_default=Now())
     resolved_at = models.DateTimeField(_("resolved at"), null=True, blank=True)
     resolved_by = models.CharField(_("resolved by"), max_length=255, blank=True, default="")
+    sequence_key = models.CharField(
+        _("sequence"),
+        max_length=255,
+        blank=True,
+        default="",
+        help_text=_(
+            "The projection's sequence_key(event), by default the aggregate id. Later events "
+            "with the same key wait behind an open dead letter."
+        ),
+    )
+    parked = models.BooleanField(
+        _("parked"),
+        default=False,
+        help_text=_("Never handled: waiting behind the head of its sequence."),
+    )
 
     objects = DeadLetterQuerySet.as_manager()
 
@@ -308,6 +374,10 @@ class DeadLetter(models.Model):
         indexes = [
             models.Index(fields=["status", "projection_name"], name="es_dlq_status_proj_idx"),
             models.Index(fields=["projection_name", "status"], name="es_dlq_proj_status_idx"),
+            models.Index(
+                fields=["projection_name", "sequence_key", "global_position"],
+                name="es_dlq_sequence_idx",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -89,6 +89,7 @@ def retry_dead_letters(
     return {
         "resolved": report.resolved,
         "failed": report.failed,
+        "waiting": report.waiting,
         "errors": {str(k): v for k, v in report.errors.items()},
     }
 

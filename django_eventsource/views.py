@@ -14,15 +14,17 @@ from .health import get_health
 @never_cache
 @require_safe
 def health(request: HttpRequest) -> JsonResponse:
-    """JSON health report; HTTP 503 when a lag or dead-letter threshold is crossed.
+    """JSON health report; HTTP 503 when a lag or dead-letter threshold is crossed or a
+    projection is paused.
 
     Answers GET and HEAD (for load balancers that only look at the status code), with
     or without a session. Mount it with
     ``path("eventsource/health/", django_eventsource.views.health)``.
 
-    It reveals projection names, positions and counts, and the pid, application name
-    and state of sessions holding readers back; never event data. The SQL those
-    sessions run is left out, unless ``EVENTSOURCE_HEALTH_SHOW_QUERIES`` is on and the
+    It reveals projection names, positions and counts, the first line of a paused
+    projection's last error (which may quote a value the handler choked on), and the
+    pid, application name and state of sessions holding readers back; never event data.
+    The SQL those sessions run is left out, unless ``EVENTSOURCE_HEALTH_SHOW_QUERIES`` is on and the
     request comes from an active staff user. Protect it like any internal endpoint.
     """
     report = get_health(include_queries=_may_see_queries(request))

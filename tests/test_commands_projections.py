@@ -42,6 +42,15 @@ def run(*args: Any, **options: Any) -> str:
     return out.getvalue()
 
 
+def run_reporting_a_problem(*args: Any, **options: Any) -> str:
+    """Run a command that must end with exit status 3 (a problem reported); its output."""
+    out = StringIO()
+    with pytest.raises(SystemExit) as exit_info:
+        call_command(*args, stdout=out, **options)
+    assert exit_info.value.code == 3
+    return out.getvalue()
+
+
 @override_settings(EVENTSOURCE_PROJECTIONS=[SUMMARY, FLAKY])
 def test_run_projections_once_processes_every_projection_and_reports_counts(
     store: DjangoEventStore,
@@ -141,12 +150,13 @@ def test_retry_dead_letters_reports_resolved_and_still_failing_entries(
     store: DjangoEventStore, poison: set[Decimal]
 ) -> None:
     poison.update({Decimal(13), Decimal(14)})
-    open_account(store, deposits=(13, 14))
-    run("run_projections", once=True)
+    open_account(store, deposits=(13,))
+    open_account(store, "bob", deposits=(14,))
+    run_reporting_a_problem("run_projections", once=True)
     poison.discard(Decimal(13))
     still_broken = DeadLetter.objects.get(event_data__amount="14")
 
-    output = run("retry_dead_letters", "--projection", "FlakyLedgerProjection")
+    output = run_reporting_a_problem("retry_dead_letters", "--projection", "FlakyLedgerProjection")
 
     assert "1 resolved, 1 still failing." in output
     assert f"#{still_broken.pk}: ValueError: cannot book 14" in output
@@ -158,8 +168,9 @@ def test_retry_dead_letters_can_target_single_ids(
     store: DjangoEventStore, poison: set[Decimal]
 ) -> None:
     poison.update({Decimal(13), Decimal(14)})
-    open_account(store, deposits=(13, 14))
-    run("run_projections", once=True)
+    open_account(store, deposits=(13,))
+    open_account(store, "bob", deposits=(14,))
+    run_reporting_a_problem("run_projections", once=True)
     poison.clear()
     chosen = DeadLetter.objects.get(event_data__amount="14")
 
@@ -176,14 +187,14 @@ def test_eventsource_status_shows_position_lag_dead_letters_and_outbox_backlog(
 ) -> None:
     poison.add(Decimal(13))
     open_account(store, deposits=(13,))
-    run("run_projections", once=True, projections=["FlakyLedgerProjection"])
+    run_reporting_a_problem("run_projections", once=True, projections=["FlakyLedgerProjection"])
     flaky_position = store.get_global_position()
     open_account(store)
     OutboxMessage.objects.create(
         event_id=uuid4(), event_type="AccountOpened", aggregate_id=uuid4(), aggregate_type="Account"
     )
 
-    output = run("eventsource_status")
+    output = run_reporting_a_problem("eventsource_status")
 
     lines = {line.split()[0]: line.split()[1:] for line in output.splitlines() if line.strip()}
     head = store.get_global_position()

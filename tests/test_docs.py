@@ -25,7 +25,13 @@ FENCE = re.compile(r"^```(?P<lang>\w*)(?P<attrs>[^\n]*)\n(?P<body>.*?)^```\s*$",
 TITLE = re.compile(r'title="(?P<title>[^"]+)"')
 APPEND_SUFFIX = " (add at the end)"
 # Commands of the guide that need a person at the keyboard (or the network).
-INTERACTIVE = ("pip install", "manage.py createsuperuser", "manage.py runserver")
+INTERACTIVE = (
+    "pip install",
+    "python -m venv",
+    "/bin/activate",
+    "manage.py createsuperuser",
+    "manage.py runserver",
+)
 
 
 @dataclass
@@ -184,10 +190,13 @@ def test_api_reference_directives_point_at_the_defining_modules() -> None:
                 assert defined_in == module, line
 
 
-def test_readme_opens_with_the_two_commands_a_newcomer_needs() -> None:
+def test_readme_opens_with_the_name_one_sentence_and_the_two_commands() -> None:
     readme = (DOCS.parent / "README.md").read_text()
     first_block = FENCE.search(readme)
-    assert first_block is not None and readme.startswith(first_block.group(0))
+    assert first_block is not None
+    before = readme[: first_block.start()].strip().split("\n\n")
+    assert before[0] == "# django-eventsource"
+    assert len(before) == 2 and before[1].count(". ") == 0 and before[1].endswith(".")
     assert first_block["body"].splitlines() == ["python3 dev.py demo", "python3 dev.py test"]
 
 

@@ -71,6 +71,9 @@ def test_health_is_ok_with_no_lag_and_no_dead_letters(client: Client) -> None:
             "lag_seconds": 0.0,
             "dead_letters": 0,
             "last_processed_at": None,
+            "parked": 0,
+            "paused": False,
+            "last_error": "",
         }
     ]
     assert body["dead_letters_failed"] == 0

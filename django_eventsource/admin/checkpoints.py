@@ -1,20 +1,21 @@
-"""Projection checkpoints with their lag; reset behind a confirmation page."""
+"""Projection checkpoints with their lag and pause; resume, and reset behind a confirmation."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 
 from ..exceptions import EventSourceError
+from ..health import first_line
 from ..models import Checkpoint, CheckpointQuerySet
-from ..projections.maintenance import reset_projection
+from ..projections.maintenance import reset_projection, resume_projection
 from ._common import ReadOnlyAdminMixin
 
 if TYPE_CHECKING:
@@ -25,19 +26,67 @@ else:
 
 @admin.register(Checkpoint)
 class CheckpointAdmin(ReadOnlyAdminMixin, _CheckpointAdminBase):
-    """Projection checkpoints with their lag; reset behind a confirmation page."""
+    """Projection checkpoints with their lag and pause; resume, reset behind a confirmation."""
 
     list_display = (
         "projection_name",
+        "state",
         "position",
         "lag_events",
         "lag_seconds",
         "events_processed",
         "last_processed_at",
+        "last_error_first_line",
     )
     search_fields = ("projection_name",)
-    actions = ("reset_projections",)
-    readonly_fields = ("lag_events", "lag_seconds")
+    actions = ("resume_projections", "reset_projections")
+    readonly_fields = ("state", "lag_events", "lag_seconds")
+
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        extra = {
+            **(extra_context or {}),
+            "title": _("View %(name)s") % {"name": self.model._meta.verbose_name},
+        }
+        return super().changeform_view(request, object_id, form_url, extra)
+
+    @admin.display(description=_("state"))
+    def state(self, obj: Checkpoint) -> str:
+        return str(_("paused") if obj.paused else _("running"))
+
+    @admin.display(description=_("last error"))
+    def last_error_first_line(self, obj: Checkpoint) -> str:
+        return first_line(obj.last_error, 120) if obj.last_error else ""
+
+    @admin.action(description=_("Resume selected paused projections"), permissions=["change"])
+    def resume_projections(self, request: HttpRequest, queryset: QuerySet[Checkpoint]) -> None:
+        resumed: list[str] = []
+        for name in queryset.filter(paused_at__isnull=False).values_list(
+            "projection_name", flat=True
+        ):
+            try:
+                if resume_projection(name):
+                    resumed.append(name)
+            except EventSourceError as exc:
+                self.message_user(
+                    request,
+                    _("Could not resume %(name)s: %(error)s") % {"name": name, "error": exc},
+                    messages.ERROR,
+                )
+        if resumed:
+            self.message_user(
+                request,
+                _("Resumed %(names)s; the runner continues from their checkpoints.")
+                % {"names": ", ".join(resumed)},
+                messages.SUCCESS,
+            )
+        else:
+            self.message_user(request, _("No paused projection selected."), messages.WARNING)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Checkpoint]:
         # One query for the whole page: with_lag() reads the lag in subqueries.

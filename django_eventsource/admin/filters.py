@@ -133,3 +133,55 @@ class AggregateIdFilter(UUIDInputFilter):
 class CorrelationIdFilter(UUIDInputFilter):
     title = _("correlation id")
     parameter_name = "correlation_id"
+
+
+BEFORE_VAR = "before"
+AFTER_VAR = "after"
+POSITION_VAR = "position"
+
+
+class PositionCursorFilter(admin.ListFilter):
+    """The events list's keyset paging: ``?before=N``, ``?after=N`` or ``?position=N``.
+
+    Nothing in the sidebar (an empty template); it only bounds the position range, which the
+    ``(column, position)`` indexes and the primary key answer directly at any depth.
+    ``EventChangeList`` turns ``after`` into an ascending read.
+    """
+
+    title = _("position")
+    # Django keeps only filters with output; this one's template renders nothing.
+    template = "admin/django_eventsource/no_output_filter.html"
+    parameters = (BEFORE_VAR, AFTER_VAR, POSITION_VAR)
+    lookups = {BEFORE_VAR: "position__lt", AFTER_VAR: "position__gt", POSITION_VAR: "position__lte"}
+
+    def __init__(
+        self,
+        request: HttpRequest,
+        params: dict[str, list[str]],
+        model: type[Model],
+        model_admin: Any,
+    ) -> None:
+        super().__init__(request, params, model, model_admin)
+        for name in self.parameters:
+            if name in params:
+                raw = params.pop(name)[-1].strip()
+                try:
+                    value = int(raw)
+                except ValueError as exc:
+                    raise IncorrectLookupParameters(f"{name} must be a position") from exc
+                if value < 0:
+                    raise IncorrectLookupParameters(f"{name} must be a position")
+                self.used_parameters[name] = value
+
+    def has_output(self) -> bool:
+        return True
+
+    def expected_parameters(self) -> list[str | None]:
+        return list(self.parameters)
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        bounds = {self.lookups[name]: value for name, value in self.used_parameters.items()}
+        return queryset.filter(**bounds) if bounds else queryset
+
+    def choices(self, changelist: ChangeList) -> Iterator[dict[str, Any]]:
+        return iter(())

@@ -5,15 +5,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
-from django.http import HttpRequest
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
+from django.views.decorators.http import require_POST
 
 from ..models import OutboxMessage, OutboxMessageQuerySet
 from ..outbox.relay import retry_failed
-from ._common import ReadOnlyAdminMixin, preformatted, pretty_json
+from ._common import EstimatedCountPaginator, ReadOnlyAdminMixin, preformatted, pretty_json
 
 if TYPE_CHECKING:
     _OutboxAdminBase = admin.ModelAdmin[OutboxMessage]
@@ -39,6 +42,8 @@ class OutboxMessageAdmin(ReadOnlyAdminMixin, _OutboxAdminBase):
     list_filter = ("status",)
     search_fields = ("=event_id", "=aggregate_id")
     ordering = ("-id",)
+    # Published rows pile up until EVENTSOURCE_OUTBOX_RETENTION_DAYS: never count them all.
+    paginator = EstimatedCountPaginator
     show_full_result_count = False
     actions = ("retry_now",)
     readonly_fields = ("event_data_json", "last_error_text")
@@ -47,6 +52,75 @@ class OutboxMessageAdmin(ReadOnlyAdminMixin, _OutboxAdminBase):
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         hidden = {"event_data", "last_error"}
         return [name for name in super().get_readonly_fields(request, obj) if name not in hidden]
+
+    def get_actions(self, request: HttpRequest, action_location: Any = None) -> dict[str, Any]:
+        # Django 6.1 passes the page the actions are for; Django 5.2 takes the request alone.
+        location = {} if action_location is None else {"action_location": action_location}
+        actions = super().get_actions(request, **location)
+        # Deleting a pending or failed row loses an event that was never published:
+        # no bulk delete. Published rows go by EVENTSOURCE_OUTBOX_RETENTION_DAYS.
+        actions.pop("delete_selected", None)
+        return actions
+
+    def has_delete_permission(self, request: HttpRequest, obj: OutboxMessage | None = None) -> bool:
+        # Only a published row may be deleted from its page (its event went out).
+        if obj is None or obj.status != OutboxMessage.Status.PUBLISHED:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def get_urls(self) -> list[URLPattern]:
+        retry = path(
+            "<int:object_id>/retry/",
+            self.admin_site.admin_view(require_POST(self.retry_view)),
+            name="django_eventsource_outboxmessage_retry",
+        )
+        return [retry, *super().get_urls()]
+
+    def retry_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        """The detail page's Retry button: the list action, for this one row."""
+        obj = self.get_object(request, str(object_id))
+        if obj is None:
+            raise Http404
+        if not self.has_change_permission(request, obj):
+            raise PermissionDenied
+        queryset = OutboxMessage.objects.filter(pk=obj.pk)
+        if obj.status == OutboxMessage.Status.PUBLISHED:
+            self.message_user(request, _("This message is already published."), messages.WARNING)
+        else:
+            self.retry_now(request, queryset)
+        return HttpResponseRedirect(
+            reverse(
+                "admin:django_eventsource_outboxmessage_change",
+                args=[obj.pk],
+                current_app=self.admin_site.name,
+            )
+        )
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        obj = self.get_object(request, object_id)
+        can_retry = (
+            obj is not None
+            and obj.status != OutboxMessage.Status.PUBLISHED
+            and self.has_change_permission(request, obj)
+        )
+        extra_context = {
+            **(extra_context or {}),
+            "can_retry": can_retry,
+            "retry_url": reverse(
+                "admin:django_eventsource_outboxmessage_retry",
+                args=[obj.pk],
+                current_app=self.admin_site.name,
+            )
+            if can_retry and obj is not None
+            else "",
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
 
     @admin.display(description=_("last error"))
     def short_error(self, obj: OutboxMessage) -> str:
@@ -68,6 +142,13 @@ class OutboxMessageAdmin(ReadOnlyAdminMixin, _OutboxAdminBase):
         # claimed is left to that relay.
         count = queryset.pending().unclaimed().update(next_attempt_at=timezone.now())
         count += retry_failed(failed) if failed else 0
+        if not count:
+            self.message_user(
+                request,
+                _("Nothing to retry: the selected messages are published or being sent."),
+                messages.WARNING,
+            )
+            return
         self.message_user(
             request,
             ngettext(

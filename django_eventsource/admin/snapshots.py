@@ -10,7 +10,7 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
 from ..models import Snapshot
-from ._common import ReadOnlyAdminMixin, pretty_json
+from ._common import EstimatedCountPaginator, ReadOnlyAdminMixin, pretty_json
 from .filters import (
     AggregateTypeFilter,
 )
@@ -28,6 +28,7 @@ class SnapshotAdmin(ReadOnlyAdminMixin, _SnapshotAdminBase):
     list_display = ("aggregate_type", "aggregate_id", "version", "schema_version", "created_at")
     list_filter = (AggregateTypeFilter,)
     search_fields = ("=aggregate_id",)
+    paginator = EstimatedCountPaginator  # one snapshot per aggregate: possibly millions
     show_full_result_count = False
     actions = None
     readonly_fields = ("state_json",)

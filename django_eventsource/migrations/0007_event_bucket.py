@@ -27,7 +27,7 @@ def backfill_buckets(apps: Any, schema_editor: Any) -> None:
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("django_eventsource", "0004_outbox_first_failed_at"),
+        ("django_eventsource", "0005_sequenced_dead_letters_and_pause"),
     ]
 
     operations = [

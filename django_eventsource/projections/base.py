@@ -10,6 +10,7 @@ that itself, in the projection's database transaction.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -72,10 +73,15 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class HandlingFailure:
-    """A handler that kept failing: the last error and how many attempts were made."""
+    """A handler that kept failing: the last error and how many attempts were made.
+
+    ``stopped`` means a stop was requested while waiting to retry: the event was not
+    dead-lettered and is to be handled again later.
+    """
 
     error: BaseException
     attempts: int
+    stopped: bool = False
 
 
 class Projection(ABC):
@@ -125,6 +131,16 @@ class Projection(ABC):
         """Whether ``event`` is one of the subscribed classes."""
         wanted = self.subscribed_to()
         return not wanted or isinstance(event, tuple(wanted))
+
+    def sequence_key(self, event: DomainEvent) -> str:
+        """The sequence ``event`` belongs to for this projection (default: its aggregate id).
+
+        Once an event is dead-lettered, the later events with the same key wait behind it
+        (parked, not handled) until it is retried successfully or skipped; events with
+        other keys go on. Override it to widen the sequence (per tenant, per customer) when
+        the read model relates events of several aggregates.
+        """
+        return str(event.aggregate_id)
 
     def process(self, event: DomainEvent) -> None:
         """Apply one event once, without retries or checkpointing (what the runner calls)."""
@@ -206,6 +222,7 @@ def apply_with_retries(
     policy: RetryPolicy | None = None,
     attempt_scope: Callable[[], AbstractContextManager[Any]] = nullcontext,
     sleep: Callable[[float], Any] = time.sleep,
+    stop_event: threading.Event | None = None,
 ) -> HandlingFailure | None:
     """Apply ``event`` with ``projection.process``, retrying with backoff.
 
@@ -213,6 +230,9 @@ def apply_with_retries(
     failed attempt leaves no partial writes) and inside an ``event_context`` carrying the
     event's id as causation and its correlation id, so events saved by the handler are
     linked to it. Returns ``None`` on success, else the last failure.
+
+    With ``stop_event`` the backoff waits on it instead of sleeping: a stop requested
+    meanwhile ends the retries at once with a failure marked ``stopped``.
     """
     policy = policy or projection.get_retry_policy()
     for attempt in range(1, policy.max_attempts + 1):
@@ -240,7 +260,10 @@ def apply_with_retries(
             )
             if attempt == policy.max_attempts:
                 return HandlingFailure(error=exc, attempts=attempt)
-            sleep(policy.delay(attempt))
+            if stop_event is None:
+                sleep(policy.delay(attempt))
+            elif stop_event.wait(policy.delay(attempt)):
+                return HandlingFailure(error=exc, attempts=attempt, stopped=True)
     raise AssertionError("unreachable")  # pragma: no cover
 
 

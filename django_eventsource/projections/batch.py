@@ -12,6 +12,7 @@ least once.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -19,8 +20,10 @@ from typing import Any
 from uuid import UUID
 
 from django.db import connections, transaction
+from django.utils import timezone
 
 from .. import tracing
+from ..conf import conf
 from ..context import event_context
 from ..exceptions import EventSourceError, EventTypeNotFoundError
 from ..models import Checkpoint
@@ -29,6 +32,7 @@ from ..stores.interface import EventStore, ReadOptions, StoredEvent
 from .base import Projection, apply_with_retries
 from .django_checkpoints import DjangoCheckpointRepository
 from .django_dead_letters import DjangoDLQRepository
+from .sequencing import Sequencing
 
 logger = logging.getLogger("django_eventsource")
 
@@ -42,32 +46,46 @@ class BatchContext:
     batch_size: int
     checkpoints: DjangoCheckpointRepository
     dead_letters: DjangoDLQRepository
+    #: Set to end the batch early (SIGTERM/SIGINT): checked before each event and during
+    #: retry backoff.
+    stop_event: threading.Event | None = None
+    #: Consecutive failed events that pause the projection; ``None`` reads the setting.
+    pause_after: int | None = None
 
 
 @dataclass
 class BatchResult:
-    """Events read (``count``), handled and dead-lettered, and the positions covered."""
+    """Events read (``count``), handled and dead-lettered, and the positions covered.
+
+    ``parked`` events waited behind a dead letter of their sequence; ``paused`` says the
+    projection is paused (it paused in this batch, or was already); ``stopped`` that a
+    stop request ended the batch early.
+    """
 
     count: int
     handled: int
     dead_lettered: int
     from_position: int
     to_position: int
+    parked: int = 0
+    paused: bool = False
+    stopped: bool = False
 
 
-def _locked_position(name: str, using: str) -> int:
-    """The checkpoint position, with the row locked until the batch commits."""
+def _locked_checkpoint(name: str, using: str) -> tuple[int, int, bool]:
+    """The checkpoint's position, failure streak and paused flag, the row locked until commit."""
     locked = (
         Checkpoint.objects.using(using)
         .select_for_update()
         .for_projection(name)
-        .values_list("position", flat=True)
+        .values_list("position", "failure_streak", "paused_at")
     )
-    position = locked.first()
-    if position is None:  # the projection's first batch
+    row = locked.first()
+    if row is None:  # the projection's first batch
         Checkpoint.objects.using(using).ensure(name)
-        position = locked.get()
-    return int(position)
+        row = locked.get()
+    position, streak, paused_at = row
+    return int(position), int(streak), paused_at is not None
 
 
 def _read_batch(
@@ -88,19 +106,45 @@ def _read_batch(
 
 
 def run_batch(projection: Projection, ctx: BatchContext) -> BatchResult:
-    """One batch in one transaction: handlers, dead letters and the checkpoint commit together."""
+    """One batch in one transaction: handlers, dead letters and the checkpoint commit together.
+
+    Events whose sequence has an open dead letter are parked behind it (see
+    :mod:`.sequencing`). The batch ends early, committing up to the last event fully dealt
+    with, when a stop is requested (before an event, or while waiting to retry one) and
+    when the projection reaches ``EVENTSOURCE_PROJECTION_PAUSE_AFTER`` consecutive
+    dead-lettered events (up to and including the one that reached it); the projection
+    is then paused. A paused projection's batch does nothing.
+    """
     name = projection.name
     policy = projection.get_retry_policy()
+    stop = ctx.stop_event
+    pause_after = conf.PROJECTION_PAUSE_AFTER if ctx.pause_after is None else ctx.pause_after
     with transaction.atomic(using=ctx.using):
-        position = _locked_position(name, ctx.using)
+        position, streak, paused = _locked_checkpoint(name, ctx.using)
+        if paused:
+            return BatchResult(0, 0, 0, position, position, paused=True)
         # A unit of a segmented projection reads only its buckets (projections/segments.py).
         batch, read_error = _read_batch(ctx, position, getattr(projection, "segment_buckets", None))
+        if not batch and read_error is None:
+            return BatchResult(0, 0, 0, position, position)
+        sequencing = Sequencing.load(projection, ctx.dead_letters, streak)
+        # When the batch ends early: the position of the first event not dealt with.
+        cut_before: int | None = None
+        pausing = False
+        last_error = ""
         with _batch_span(name, position, batch) as current:
             wanted = [stored for stored in batch if projection.is_interested_in(stored.event)]
-            handled, dead = len(wanted), 0
-            if not (
-                projection.optimistic_batches and _apply_in_one_savepoint(projection, wanted, ctx)
-            ):
+            handled, dead = 0, 0
+            admitted = (
+                _apply_in_one_savepoint(projection, wanted, ctx, sequencing)
+                if projection.optimistic_batches
+                else None
+            )
+            if admitted is not None:
+                handled = len(admitted)
+                if admitted:
+                    sequencing.handled(admitted[-1])
+            else:
                 savepoint = EventSavepoint(ctx.using)  # one object, entered once per attempt
                 traced = tracing.tracing_enabled()
 
@@ -108,6 +152,11 @@ def run_batch(projection: Projection, ctx: BatchContext) -> BatchResult:
                     return savepoint
 
                 for stored in wanted:
+                    if stop is not None and stop.is_set():
+                        cut_before = stored.global_position
+                        break
+                    if not sequencing.admit([stored]):
+                        continue  # parked behind the dead letter of its sequence
                     attempt_scope = each_attempt
                     if traced:
                         attempt_scope = tracing.with_failure_spans(
@@ -121,12 +170,35 @@ def run_batch(projection: Projection, ctx: BatchContext) -> BatchResult:
                             },
                         )
                     failure = apply_with_retries(
-                        projection, stored.event, policy, attempt_scope=attempt_scope
+                        projection,
+                        stored.event,
+                        policy,
+                        attempt_scope=attempt_scope,
+                        stop_event=stop,
                     )
-                    if failure is not None:
-                        dead += 1
-                        _record_dead_letter(ctx, name, stored, failure.error, failure.attempts)
-            tracing.set_attributes(current, handled=handled, dead_lettered=dead)
+                    if failure is None:
+                        handled += 1
+                        sequencing.handled(stored)
+                        continue
+                    if failure.stopped:
+                        cut_before = stored.global_position
+                        break
+                    handled += 1
+                    dead += 1
+                    key = sequencing.key_of(stored)
+                    _record_dead_letter(ctx, name, stored, failure.error, failure.attempts, key)
+                    sequencing.dead_lettered(stored)
+                    last_error = f"{type(failure.error).__name__}: {failure.error}"
+                    if sequencing.should_pause(pause_after):
+                        pausing = True
+                        cut_before = stored.global_position + 1
+                        break
+            tracing.set_attributes(
+                current, handled=handled, dead_lettered=dead, parked=sequencing.parked
+            )
+        if cut_before is not None:
+            batch = [stored for stored in batch if stored.global_position < cut_before]
+            read_error = None
         count = len(batch)
         last = (
             (batch[-1].global_position, batch[-1].event_id, batch[-1].event_type) if batch else None
@@ -138,10 +210,51 @@ def run_batch(projection: Projection, ctx: BatchContext) -> BatchResult:
             count += 1
             handled += dead_lettered
             dead += dead_lettered
+        _save_streak(name, ctx, streak, sequencing, last_error, pausing, pause_after)
+        stopped = cut_before is not None and not pausing
         if last is None:
-            return BatchResult(0, 0, 0, position, position)
+            return BatchResult(0, 0, 0, position, position, stopped=stopped)
         ctx.checkpoints.update_checkpoint(name, last[1], last[2], last[0], handled)
-    return BatchResult(count, handled, dead, position, last[0])
+    return BatchResult(
+        count,
+        handled,
+        dead,
+        position,
+        last[0],
+        parked=sequencing.parked,
+        paused=pausing,
+        stopped=stopped,
+    )
+
+
+def _save_streak(
+    name: str,
+    ctx: BatchContext,
+    previous: int,
+    sequencing: Sequencing,
+    last_error: str,
+    pausing: bool,
+    pause_after: int,
+) -> None:
+    """Keep the consecutive failures (and the pause, the last error) on the checkpoint row."""
+    if sequencing.failure_streak == previous and not last_error and not pausing:
+        return
+    changes: dict[str, Any] = {"failure_streak": sequencing.failure_streak}
+    if last_error:
+        changes["last_error"] = last_error
+    if pausing:
+        changes["paused_at"] = timezone.now()
+        _log_once_committed(
+            ctx.using,
+            "Projection %s paused after %d consecutive failed events (last error: %s); "
+            "fix the cause, then run resume_projection %s",
+            name,
+            sequencing.failure_streak,
+            last_error,
+            name,
+            extra={"projection": name, "failure_streak": sequencing.failure_streak},
+        )
+    Checkpoint.objects.using(ctx.using).for_projection(name).update(**changes)
 
 
 def _batch_span(name: str, position: int, batch: list[StoredEvent]) -> AbstractContextManager[Any]:
@@ -218,22 +331,33 @@ class EventSavepoint:
 
 
 def _apply_in_one_savepoint(
-    projection: Projection, events: list[StoredEvent], ctx: BatchContext
-) -> bool:
-    """Apply ``events`` in a single savepoint; ``False`` (nothing kept) if any handler raised.
+    projection: Projection, events: list[StoredEvent], ctx: BatchContext, sequencing: Sequencing
+) -> list[StoredEvent] | None:
+    """Apply ``events`` in a single savepoint; ``None`` (nothing kept) if any handler raised.
 
-    The fast path of projections with ``optimistic_batches``: on failure the caller
-    replays the batch with one savepoint per event, retries and dead letters.
+    The fast path of projections with ``optimistic_batches``: events of blocked sequences
+    are parked in the same savepoint, and the events handled are returned. On failure, or
+    when a stop is requested meanwhile, the caller replays the batch with one savepoint
+    per event, retries and dead letters.
     """
+    parked = sequencing.parked
+    stop = ctx.stop_event
     try:
         with transaction.atomic(using=ctx.using):
-            for stored in events:
+            admitted = sequencing.admit(events)
+            for stored in admitted:
+                if stop is not None and stop.is_set():
+                    raise _StopRequested
                 event = stored.event
                 with event_context(
                     causation_id=event.event_id, correlation_id=event.correlation_id
                 ):
                     projection.process(event)
+    except _StopRequested:
+        sequencing.parked = parked
+        return None
     except Exception as exc:
+        sequencing.parked = parked
         logger.debug(
             "Projection %s: a handler failed in the batch savepoint (%s); "
             "replaying the batch one event at a time",
@@ -241,8 +365,12 @@ def _apply_in_one_savepoint(
             exc,
             extra={"projection": projection.name},
         )
-        return False
-    return True
+        return None
+    return admitted
+
+
+class _StopRequested(Exception):
+    """Raised inside the optimistic savepoint to roll it back when a stop is requested."""
 
 
 def _log_once_committed(using: str, message: str, *args: Any, extra: dict[str, Any]) -> None:
@@ -255,7 +383,12 @@ def _log_once_committed(using: str, message: str, *args: Any, extra: dict[str, A
 
 
 def _record_dead_letter(
-    ctx: BatchContext, name: str, stored: StoredEvent, error: BaseException, attempts: int
+    ctx: BatchContext,
+    name: str,
+    stored: StoredEvent,
+    error: BaseException,
+    attempts: int,
+    sequence_key: str = "",
 ) -> None:
     ctx.dead_letters.add_failed_event(
         event_id=stored.event_id,
@@ -265,6 +398,7 @@ def _record_dead_letter(
         error=error,
         retry_count=attempts,
         global_position=stored.global_position,
+        sequence_key=sequence_key,
     )
     _log_once_committed(
         ctx.using,

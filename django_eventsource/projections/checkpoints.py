@@ -29,6 +29,10 @@ class CheckpointData:
     last_processed_at: datetime | None
     events_processed: int
     position: int = 0
+    #: Stopped after ``EVENTSOURCE_PROJECTION_PAUSE_AFTER`` consecutive failed events.
+    paused: bool = False
+    #: The last error that dead-lettered one of its events (cleared on resume).
+    last_error: str = ""
 
 
 @dataclass(frozen=True, slots=True)

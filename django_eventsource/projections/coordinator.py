@@ -144,7 +144,10 @@ class ProjectionHealth:
     too), and the age of the oldest event the projection has not processed yet (0 when
     it is caught up). ``dead_letters`` counts the entries that need attention:
     ``get_health()`` counts those in status "failed", ``ProjectionCoordinator.health()``
-    every unresolved one. ``healthy`` is true when there is none.
+    every unresolved one. ``parked`` counts the events waiting behind those dead letters
+    (``get_health()``). ``paused`` says the projection stopped after
+    ``EVENTSOURCE_PROJECTION_PAUSE_AFTER`` consecutive failures (``last_error`` is the
+    last one). ``healthy`` is true when there is no dead letter and no pause.
     """
 
     name: str
@@ -153,10 +156,13 @@ class ProjectionHealth:
     dead_letters: int
     lag_seconds: float = 0.0
     last_processed_at: datetime | None = None
+    parked: int = 0
+    paused: bool = False
+    last_error: str = ""
 
     @property
     def healthy(self) -> bool:
-        return self.dead_letters == 0
+        return self.dead_letters == 0 and not self.paused
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +259,7 @@ class ProjectionCoordinator:
         for projection in self.registry.get_all():
             name = projection.name
             lag = self.checkpoint_repo.get_lag_metrics(name)
+            checkpoint = self.checkpoint_repo.get_checkpoint_data(name)
             report[name] = ProjectionHealth(
                 name=name,
                 position=self.checkpoint_repo.get_position(name),
@@ -261,6 +268,8 @@ class ProjectionCoordinator:
                 dead_letters=failures.get(name, 0),
                 lag_seconds=lag.lag_seconds if lag else 0.0,
                 last_processed_at=lag.last_processed_at if lag else None,
+                paused=checkpoint.paused if checkpoint else False,
+                last_error=checkpoint.last_error if checkpoint else "",
             )
         return report
 

@@ -3,6 +3,11 @@
 One entry per ``(event_id, projection_name)``: recording the same failure again updates
 the entry (error, attempts, last failure) instead of adding a row.
 
+Entries form sequences: the runner gives each the projection's ``sequence_key(event)``
+(by default the aggregate id), and once an event is dead-lettered the later events of
+its sequence are *parked* behind it (``parked=True``: stored, never handled) until the
+head is retried successfully or skipped.
+
 This module is the contract, its data and the in-memory repository; it needs no Django
 settings. ``DjangoDLQRepository`` is in :mod:`.django_dead_letters`.
 """
@@ -39,16 +44,21 @@ class DLQEntry:
     resolved_at: datetime | None = None
     resolved_by: str | None = None
     global_position: int | None = None
+    #: The projection's ``sequence_key(event)``; ``""`` for an entry outside any sequence.
+    sequence_key: str = ""
+    #: Waiting, never handled, behind the head of its sequence.
+    parked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class DLQStats:
-    """Totals over the whole dead-letter queue."""
+    """Totals over the whole dead-letter queue (``total_failed`` counts no parked event)."""
 
     total_failed: int
     total_retrying: int
     affected_projections: int
     oldest_failure: datetime | None
+    total_parked: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +92,12 @@ class DLQRepository(ABC):
         error: BaseException | str,
         retry_count: int = 0,
         global_position: int | None = None,
+        sequence_key: str = "",
     ) -> int:
         """Record (or update) the failure of ``projection_name`` on ``event_id``; returns its id.
 
-        The stack trace is taken from ``error`` when it is an exception.
+        The stack trace is taken from ``error`` when it is an exception. The entry is the
+        head of its sequence (not parked).
         """
 
     @abstractmethod
@@ -139,6 +151,7 @@ class InMemoryDLQRepository(DLQRepository):
         error: BaseException | str,
         retry_count: int = 0,
         global_position: int | None = None,
+        sequence_key: str = "",
     ) -> int:
         message, stacktrace = describe_error(error)
         now = datetime.now(UTC)
@@ -158,6 +171,8 @@ class InMemoryDLQRepository(DLQRepository):
                         global_position=global_position
                         if global_position is not None
                         else entry.global_position,
+                        sequence_key=sequence_key or entry.sequence_key,
+                        parked=False,
                     )
                     return entry.id
             dlq_id = next(self._ids)
@@ -174,6 +189,7 @@ class InMemoryDLQRepository(DLQRepository):
                 last_failed_at=now,
                 status="failed",
                 global_position=global_position,
+                sequence_key=sequence_key,
             )
             return dlq_id
 
@@ -188,6 +204,7 @@ class InMemoryDLQRepository(DLQRepository):
             for entry in sorted(self._entries.values(), key=lambda e: e.id)
             if (projection_name is None or entry.projection_name == projection_name)
             and (status is None or entry.status == status)
+            and not (status == "failed" and entry.parked)
         ]
         return entries[:limit]
 
@@ -211,10 +228,11 @@ class InMemoryDLQRepository(DLQRepository):
     def get_failure_stats(self) -> DLQStats:
         open_entries = [e for e in self._entries.values() if e.status != "resolved"]
         return DLQStats(
-            total_failed=sum(1 for e in open_entries if e.status == "failed"),
-            total_retrying=sum(1 for e in open_entries if e.status == "retrying"),
+            total_failed=sum(1 for e in open_entries if e.status == "failed" and not e.parked),
+            total_retrying=sum(1 for e in open_entries if e.status == "retrying" and not e.parked),
             affected_projections=len({e.projection_name for e in open_entries}),
             oldest_failure=min((e.first_failed_at for e in open_entries), default=None),
+            total_parked=sum(1 for e in open_entries if e.parked),
         )
 
     def get_projection_failure_counts(self) -> list[ProjectionFailureCount]:

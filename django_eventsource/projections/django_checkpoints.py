@@ -107,7 +107,7 @@ class DjangoCheckpointRepository(CheckpointRepository):
 def _has_run(row: Checkpoint) -> bool:
     # The runner creates a row at position 0 before a projection's first batch (for its
     # lease and lock); until something is recorded in it, the projection never ran.
-    return row.last_event_id is not None or row.position != 0
+    return row.last_event_id is not None or row.position != 0 or row.paused
 
 
 def _to_data(row: Checkpoint) -> CheckpointData:
@@ -118,6 +118,8 @@ def _to_data(row: Checkpoint) -> CheckpointData:
         last_processed_at=row.last_processed_at,
         events_processed=row.events_processed,
         position=row.position,
+        paused=row.paused,
+        last_error=row.last_error,
     )
 
 

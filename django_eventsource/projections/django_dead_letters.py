@@ -40,6 +40,7 @@ class DjangoDLQRepository(DLQRepository):
         error: BaseException | str,
         retry_count: int = 0,
         global_position: int | None = None,
+        sequence_key: str = "",
     ) -> int:
         message, stacktrace = describe_error(error)
         defaults: dict[str, Any] = {
@@ -52,7 +53,10 @@ class DjangoDLQRepository(DLQRepository):
             "status": DeadLetter.Status.FAILED,
             "resolved_at": None,
             "resolved_by": "",
+            "parked": False,
         }
+        if sequence_key:
+            defaults["sequence_key"] = sequence_key
         if global_position is not None:
             defaults["global_position"] = global_position
         with transaction.atomic(using=self.db):
@@ -60,6 +64,38 @@ class DjangoDLQRepository(DLQRepository):
                 event_id=event_id, projection_name=projection_name, defaults=defaults
             )
         return entry.pk
+
+    def park_event(
+        self,
+        event_id: UUID,
+        projection_name: str,
+        event_type: str,
+        event_data: dict[str, Any],
+        sequence_key: str,
+        global_position: int,
+        head_id: int | None = None,
+    ) -> int:
+        """Store an event, not handled, behind the open head of its sequence; returns its id."""
+        behind = f" #{head_id}" if head_id is not None else ""
+        entry, _ = DeadLetter.objects.using(self.db).update_or_create(
+            event_id=event_id,
+            projection_name=projection_name,
+            defaults={
+                "event_type": event_type,
+                "event_data": event_data,
+                "error_message": f"Not handled yet: waiting behind dead letter{behind} "
+                f"of sequence {sequence_key}.",
+                "error_stacktrace": "",
+                "retry_count": 0,
+                "status": DeadLetter.Status.FAILED,
+                "resolved_at": None,
+                "resolved_by": "",
+                "sequence_key": sequence_key,
+                "parked": True,
+                "global_position": global_position,
+            },
+        )
+        return int(entry.pk)
 
     def get_failed_events(
         self,
@@ -72,6 +108,8 @@ class DjangoDLQRepository(DLQRepository):
             rows = rows.for_projection(projection_name)
         if status is not None:
             rows = rows.filter(status=status)
+        if status == "failed":
+            rows = rows.filter(parked=False)
         return [_to_entry(row) for row in rows[:limit]]
 
     def get_open_events(
@@ -100,6 +138,7 @@ class DjangoDLQRepository(DLQRepository):
             total_retrying=totals["retrying"],
             affected_projections=totals["projections"],
             oldest_failure=totals["oldest"],
+            total_parked=totals["parked"],
         )
 
     def get_projection_failure_counts(self) -> list[ProjectionFailureCount]:
@@ -135,6 +174,8 @@ def _to_entry(row: DeadLetter) -> DLQEntry:
         resolved_at=row.resolved_at,
         resolved_by=row.resolved_by or None,
         global_position=row.global_position,
+        sequence_key=row.sequence_key,
+        parked=row.parked,
     )
 
 

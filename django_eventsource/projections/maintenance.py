@@ -1,4 +1,5 @@
-"""What operators do to projections: reset (and rebuild) one, retry dead letters.
+"""What operators do to projections: reset (and rebuild) one, resume a paused one, retry
+or skip dead letters.
 
 The commands, the admin actions and the Celery tasks call these functions. A reset
 holds the projection as a runner would, so it refuses one that another process is
@@ -9,14 +10,18 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from django.db import transaction
+from django.db import models, transaction
+from django.db.models import F
+from django.utils import timezone
 
 from ..events.registry import default_registry
-from .base import RetryPolicy, apply_with_retries
+from ..models import Checkpoint, DeadLetter
+from .base import Projection, RetryPolicy, apply_with_retries
+from .dead_letters import describe_error
 from .django_checkpoints import DjangoCheckpointRepository
-from .django_dead_letters import DjangoDLQRepository
 from .runner import Progress, RunSummary, batch_context, checkpoint_db, drain, load_projections
 from .segments import base_projection_name, clear_unit_checkpoints, holding, units_of
 
@@ -25,11 +30,28 @@ logger = logging.getLogger("django_eventsource")
 
 @dataclass
 class RetryReport:
-    """Outcome of ``retry_dead_letters``; ``errors`` maps dead-letter ids to the new error."""
+    """Outcome of ``retry_dead_letters``.
+
+    ``resolved`` counts the events handled (heads and the events parked behind them);
+    ``failed`` the sequences whose head still fails, plus ids that do not exist or
+    belong to a projection no longer configured; ``errors`` maps those dead-letter ids
+    to the error. ``waiting`` counts the parked events still waiting behind a failing
+    head, and ``missing`` lists requested ids that do not exist.
+    """
 
     resolved: int = 0
     failed: int = 0
     errors: dict[int, str] = field(default_factory=dict)
+    waiting: int = 0
+    missing: list[int] = field(default_factory=list)
+
+    @property
+    def all_resolved(self) -> bool:
+        """Nothing still failing and no unknown id."""
+        return not self.failed
+
+
+RetryProgress = Callable[[int, int], None]
 
 
 def reset_projection(
@@ -37,9 +59,10 @@ def reset_projection(
 ) -> RunSummary:
     """Empty a projection's read model (``reset()``) and its checkpoint.
 
-    With ``rebuild`` it then replays every event from position 0, calling ``progress``
-    with a percentage after each batch. Raises ``ProjectionBusyError`` when a runner is
-    working on the projection.
+    Its open dead letters (heads and parked events) are resolved, since the rebuild
+    handles their events again, and a pause is lifted. With ``rebuild`` it then replays
+    every event from position 0, calling ``progress`` with a percentage after each
+    batch. Raises ``ProjectionBusyError`` when a runner is working on the projection.
     """
     (projection,) = load_projections([name])
     using = checkpoint_db()
@@ -57,6 +80,13 @@ def reset_projection(
             for checkpoint_name in names:
                 DjangoCheckpointRepository(using).reset_checkpoint(checkpoint_name)
             clear_unit_checkpoints(projection.name, using, keep=names)
+            # A segmented projection's dead letters are its units' (segments.py).
+            DeadLetter.objects.using(using).open().filter(projection_name__in=names).update(
+                status=DeadLetter.Status.RESOLVED,
+                parked=False,
+                resolved_at=timezone.now(),
+                resolved_by="reset_projection",
+            )
         logger.info("Projection %s reset", projection.name, extra={"projection": projection.name})
         if rebuild:
             ctx = batch_context(using)
@@ -66,85 +96,216 @@ def reset_projection(
     return summary
 
 
+def resume_projection(name: str) -> bool:
+    """Let the runner take a paused projection again, from its checkpoint.
+
+    Clears the pause, the consecutive-failure count and the last error. Returns whether
+    the projection was paused. Raises ``UnknownProjectionError`` for a name that is not
+    configured.
+    """
+    (projection,) = load_projections([name])
+    using = checkpoint_db()
+    # A segmented projection pauses unit by unit (segments.py): resume them all.
+    names = [projection.name, *(unit.name for unit in units_of(projection))]
+    resumed = (
+        Checkpoint.objects.using(using)
+        .filter(projection_name__in=names)
+        .filter(paused_at__isnull=False)
+        .update(paused_at=None, failure_streak=0, last_error="")
+    )
+    if resumed:
+        logger.info("Projection %s resumed", projection.name, extra={"projection": projection.name})
+    return bool(resumed)
+
+
+def _lock_projection(name: str, using: str) -> None:
+    """Take the projection's checkpoint row for the transaction, as a runner's batch does.
+
+    A write (not a ``SELECT … FOR UPDATE``) so that SQLite takes its write lock too: no
+    batch parks events of a sequence while it is being retried or skipped.
+    """
+    rows = Checkpoint.objects.using(using).for_projection(name)
+    if not rows.update(position=F("position")):
+        Checkpoint.objects.using(using).ensure(name)
+        rows.update(position=F("position"))
+
+
+def _sequence(using: str, row: DeadLetter) -> models.QuerySet[DeadLetter]:
+    """The open entries of ``row``'s sequence, head first (just ``row`` outside a sequence)."""
+    rows = DeadLetter.objects.using(using)
+    if not row.sequence_key:
+        return rows.open().filter(pk=row.pk)
+    return rows.in_sequence(row.projection_name, row.sequence_key)
+
+
 def retry_dead_letters(
     projection: str | None = None,
     ids: list[int] | None = None,
     resolved_by: str = "retry_dead_letters",
+    progress: RetryProgress | None = None,
 ) -> RetryReport:
-    """Run dead-lettered events through their projection's handler again.
+    """Handle dead-lettered events again, each sequence from its head and in order.
 
-    Each retry runs in a savepoint with the event's causation and correlation. Success
-    marks the entry resolved; failure keeps it, with the new error and one more
-    attempt counted. ``projection`` restricts to one projection, ``ids`` to entries.
+    Selects the open dead letters of ``projection`` (all projections by default), or the
+    entries ``ids``; an id of a parked event selects its sequence. For each sequence the
+    head is run through the projection's handler (one attempt, with the event's
+    causation and correlation) and, on success, marked resolved; then the next event of
+    the sequence, and so on. Each event is one transaction on the checkpoints' database,
+    holding the projection's checkpoint row, so its read-model writes and its resolution
+    commit together and the runner parks nothing meanwhile. The first event that fails
+    again stays (or becomes) the head, with the new error and one more attempt counted,
+    and the events behind it keep waiting. Once a sequence is empty, later events of its
+    key are handled by the runner again. ``progress(done, total)`` is called after each
+    event.
     """
     using = checkpoint_db()
-    dead_letters = DjangoDLQRepository(using)
     configured = {p.name: p for p in load_projections()}
     if projection is not None and projection not in configured:
         load_projections([projection])  # raises UnknownProjectionError with the list
-    if ids:
-        entries = [e for i in ids if (e := dead_letters.get_failed_event_by_id(i)) is not None]
-    elif projection is not None:
-        # A segmented projection's dead letters are recorded under its units' names.
-        (target_projection,) = load_projections([projection])
-        entries = [
-            entry
-            for name in dict.fromkeys([projection, *(u.name for u in units_of(target_projection))])
-            for entry in dead_letters.get_open_events(name, limit=20_000)
-        ]
-    else:
-        entries = dead_letters.get_open_events(None, limit=20_000)
     report = RetryReport()
-    for missing in set(ids or []) - {e.id for e in entries}:
-        report.failed += 1
-        report.errors[missing] = "No such dead letter"
-    for entry in entries:
-        if entry.status == "resolved" or (
-            projection and base_projection_name(entry.projection_name) != projection
-        ):
-            continue
-        # A unit's dead letter ("Name#2/4") belongs to its projection.
-        target = configured.get(base_projection_name(entry.projection_name))
+    rows = DeadLetter.objects.using(using)
+    if ids:
+        selected = list(rows.filter(pk__in=ids).order_by("global_position", "id"))
+        found = {row.pk for row in selected}
+        report.missing = sorted(set(ids) - found)
+        for missing in report.missing:
+            report.failed += 1
+            report.errors[missing] = "No such dead letter"
+        selected = [row for row in selected if row.status != DeadLetter.Status.RESOLVED]
+    else:
+        selected = list(rows.heads().order_by("global_position", "id"))
+    if projection is not None:
+        # A unit's dead letters ("Name#2/4") belong to its projection (segments.py).
+        selected = [
+            row for row in selected if base_projection_name(row.projection_name) == projection
+        ]
+    sequences: dict[tuple[str, str | int], DeadLetter] = {}
+    for row in selected:
+        sequences.setdefault((row.projection_name, row.sequence_key or row.pk), row)
+    total = sum(_sequence(using, row).count() for row in sequences.values())
+    done = 0
+    for row in sequences.values():
+        target = configured.get(base_projection_name(row.projection_name))
         if target is None:
             report.failed += 1
-            report.errors[entry.id] = f"Projection {entry.projection_name!r} is not configured"
+            report.errors[row.pk] = f"Projection {row.projection_name!r} is not configured"
             continue
-        dead_letters.mark_retrying(entry.id)
+        while True:
+            outcome = _retry_head(target, row, using, resolved_by)
+            if outcome is None:
+                break  # the sequence is empty
+            head_id, error = outcome
+            done += 1
+            if progress is not None:
+                progress(done, total)
+            if error is not None:
+                report.failed += 1
+                report.errors[head_id] = error
+                report.waiting += _sequence(using, row).filter(parked=True).count()
+                break
+            report.resolved += 1
+    return report
+
+
+def _retry_head(
+    projection: Projection, row: DeadLetter, using: str, resolved_by: str
+) -> tuple[int, str | None] | None:
+    """Handle the head of ``row``'s sequence in one transaction: ``(its id, error or None)``,
+    or ``None`` when the sequence has no open entry left."""
+    with transaction.atomic(using=using):
+        _lock_projection(row.projection_name, using)
+        head = _sequence(using, row).select_for_update().first()
+        if head is None:
+            return None
         error: BaseException | None
         try:
-            event = default_registry.deserialize(entry.event_data)
+            event = default_registry.deserialize(head.event_data)
         except Exception as exc:
             error = exc
         else:
             failure = apply_with_retries(
-                target,
+                projection,
                 event,
                 RetryPolicy(max_attempts=1),
                 attempt_scope=lambda: transaction.atomic(using=using),
             )
             error = failure.error if failure is not None else None
-        if error is not None:
-            dead_letters.add_failed_event(
-                event_id=entry.event_id,
-                projection_name=entry.projection_name,
-                event_type=entry.event_type,
-                event_data=entry.event_data,
-                error=error,
-                retry_count=entry.retry_count + 1,
-                global_position=entry.global_position,
+        entry = DeadLetter.objects.using(using).filter(pk=head.pk)
+        if error is None:
+            entry.update(
+                status=DeadLetter.Status.RESOLVED,
+                parked=False,
+                resolved_at=timezone.now(),
+                resolved_by=resolved_by,
             )
-            report.failed += 1
-            report.errors[entry.id] = f"{type(error).__name__}: {error}"
-            continue
-        dead_letters.mark_resolved(entry.id, resolved_by)
-        report.resolved += 1
-        logger.info(
-            "Dead letter %d of %s resolved",
-            entry.id,
-            entry.projection_name,
-            extra={"projection": entry.projection_name, "dead_letter": entry.id},
+            logger.info(
+                "Dead letter %d of %s resolved",
+                head.pk,
+                head.projection_name,
+                extra={"projection": head.projection_name, "dead_letter": head.pk},
+            )
+            return head.pk, None
+        message, stacktrace = describe_error(error)
+        entry.update(
+            status=DeadLetter.Status.FAILED,
+            parked=False,
+            error_message=message,
+            error_stacktrace=stacktrace,
+            retry_count=head.retry_count + 1,
+            last_failed_at=timezone.now(),
         )
-    return report
+        return head.pk, message
 
 
-__all__ = ["RetryReport", "reset_projection", "retry_dead_letters"]
+def skip_dead_letter(dlq_id: int, resolved_by: str, *, skipped: bool = True) -> int | None:
+    """Resolve the head of a sequence without handling it; the next parked event becomes
+    the head, still not handled (retry it to go on). Returns that next entry's id.
+
+    ``skipped`` records the entry as discarded (``"NAME (skipped)"`` in ``resolved_by``);
+    without it, as resolved by hand. Raises ``LookupError`` for an unknown or resolved
+    entry and ``ValueError`` for a parked one (deal with its head first).
+    """
+    using = checkpoint_db()
+    found = DeadLetter.objects.using(using).filter(pk=dlq_id).first()
+    if found is None or found.status == DeadLetter.Status.RESOLVED:
+        raise LookupError(f"No open dead letter #{dlq_id}")
+    with transaction.atomic(using=using):
+        _lock_projection(found.projection_name, using)
+        sequence = list(_sequence(using, found).select_for_update()[:2])
+        if not sequence or sequence[0].pk != dlq_id:
+            raise ValueError(
+                f"Dead letter #{dlq_id} waits behind the head of its sequence "
+                f"(#{sequence[0].pk if sequence else '?'}); retry or skip that one first"
+            )
+        DeadLetter.objects.using(using).filter(pk=dlq_id).update(
+            status=DeadLetter.Status.RESOLVED,
+            parked=False,
+            resolved_at=timezone.now(),
+            resolved_by=f"{resolved_by} (skipped)" if skipped else resolved_by,
+        )
+        if len(sequence) < 2:
+            return None
+        following = sequence[1].pk
+        DeadLetter.objects.using(using).filter(pk=following).update(
+            parked=False,
+            error_message=f"Not handled yet: dead letter #{dlq_id} before it was "
+            f"{'skipped' if skipped else 'resolved by hand'}; retry to handle it.",
+        )
+    logger.info(
+        "Dead letter %d of %s %s by %s",
+        dlq_id,
+        found.projection_name,
+        "skipped" if skipped else "resolved",
+        resolved_by,
+        extra={"projection": found.projection_name, "dead_letter": dlq_id},
+    )
+    return following
+
+
+__all__ = [
+    "RetryReport",
+    "reset_projection",
+    "resume_projection",
+    "retry_dead_letters",
+    "skip_dead_letter",
+]

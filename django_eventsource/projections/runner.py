@@ -42,11 +42,16 @@ Progress = Callable[[str], None]
 
 @dataclass
 class RunSummary:
-    """What a run did: events read per projection and how many were dead-lettered."""
+    """What a run did: events read per projection, how many were dead-lettered or parked,
+    and the projections found paused (or that paused during the run)."""
 
     processed: dict[str, int] = field(default_factory=dict)
     dead_lettered: int = 0
     batches: int = 0
+    #: Projections passed over because another runner held them.
+    skipped: list[str] = field(default_factory=list)
+    parked: int = 0
+    paused: list[str] = field(default_factory=list)
 
     @property
     def total_processed(self) -> int:
@@ -119,16 +124,21 @@ def drain(
     """Run batches of one projection until it is caught up or a stop is requested.
 
     The lock or lease is confirmed (a lease renewed) before every batch; if it was lost
-    to another runner, this one stops working on the projection.
+    to another runner, this one stops working on the projection. A paused projection is
+    left alone (and listed in ``summary.paused``).
     """
     name = projection.name
+    ctx.stop_event = stop_event
     while not stop_event.is_set() and guard.acquire(name):
         result = run_batch(projection, ctx)
+        if result.paused and name not in summary.paused:
+            summary.paused.append(name)
         if result.count == 0:
             return
         summary.batches += 1
         summary.processed[name] = summary.processed.get(name, 0) + result.count
         summary.dead_lettered += result.dead_lettered
+        summary.parked += result.parked
         logger.info(
             "Projection %s processed %d events (positions %d-%d)",
             name,
@@ -142,6 +152,7 @@ def drain(
                 "count": result.count,
                 "handled": result.handled,
                 "dead_lettered": result.dead_lettered,
+                "parked": result.parked,
             },
         )
         if progress is not None:
@@ -150,6 +161,8 @@ def drain(
                 progress(f"{name}: position {result.to_position}/{target} ({percent:.0f}%)")
             else:
                 progress(f"{name}: {result.count} events, position {result.to_position}")
+        if result.paused or result.stopped:
+            return
 
 
 def run_projections(
@@ -169,8 +182,10 @@ def run_projections(
     With ``once`` every projection is brought up to the current safe high-water mark
     and the function returns; otherwise it loops until ``stop_event`` is set, waking
     every ``poll_interval`` seconds (and, on PostgreSQL, as soon as an event is
-    appended). A projection run by another process is skipped until it is free.
-    Lost database connections are logged and retried with backoff.
+    appended). A projection run by another process is skipped until it is free, and a
+    paused one until it is resumed. Setting ``stop_event`` (SIGTERM/SIGINT in the
+    command) ends the batch in progress early, committing up to the last event fully
+    dealt with. Lost database connections are logged and retried with backoff.
 
     A segmented projection (``segments = N``) is run as its N units: at most
     ``max_units`` of them with work per pass, each given back once caught up.
@@ -197,6 +212,8 @@ def run_projections(
                             projection.name,
                             extra={"projection": projection.name},
                         )
+                        if projection.name not in summary.skipped:
+                            summary.skipped.append(projection.name)
                         continue
                     before = summary.processed.get(projection.name, 0)
                     drain(projection, ctx, summary, stop_event, progress, guard)

@@ -149,20 +149,26 @@ class GapTracker:
         conn = connections[alias]
         q = _Sql.get(conn)
         pos = q.c("position")
-        where, params = f"{pos} > %s AND {pos} <= %s", [position, ceiling]
+        where, params = f"{pos} > %s", [position]
         if buckets is not None:  # one unit of a segmented projection
             where += f" AND {q.c('bucket')} >= %s AND {q.c('bucket')} < %s"
             params += buckets
         with conn.cursor() as cursor:
             # A raw cursor, not the ORM: its converters would fail on the very values
             # that make the row unreadable.
+            # The first row after ``position``, ceiling checked on the row found: with
+            # ``LIMIT 1`` and no upper bound the plan is an index scan whatever the
+            # table's statistics (a bound lets a planner without them sort every row
+            # up to the ceiling).
             cursor.execute(
                 f"SELECT {q.cols(*_RAW_COLUMNS)} FROM {q.table} "
                 f"WHERE {where} ORDER BY {pos} LIMIT 1",
                 params,
             )
             found = cursor.fetchone()
-        return None if found is None else raw_event_values(found)
+        if found is None or found[0] > ceiling:
+            return None
+        return raw_event_values(found)
 
     def _state(self, alias: str) -> _GapState:
         with self._states_lock:

@@ -27,9 +27,8 @@ from .. import tracing
 from ..conf import conf
 from ..events.base import DomainEvent
 from ..events.registry import EventRegistry, default_registry
-from ..events.serialization import outbox_row_values
 from ..exceptions import OptimisticLockError
-from ..models import EventRecord, OutboxMessage
+from ..models import EventRecord
 from ._gaps import GapTracker
 from ._sqlite import retry_while_locked
 from .interface import (
@@ -42,7 +41,7 @@ from .interface import (
     StoredEvent,
     parse_stream_id,
 )
-from .reads import option_filters, paged, time_filters
+from .reads import option_filters, paged, time_filters, windowed
 from .rows import RowDecoder
 from .sql import _Sql, fetch_event_rows
 from .validation import (
@@ -183,11 +182,9 @@ class DjangoEventStore(EventStore):
             )
             if retried is not None:
                 return retried
-            last_position = insert_events(conn, cursor, events)
-        if self._outbox_enabled():
-            OutboxMessage.objects.using(alias).bulk_create(
-                [OutboxMessage(**outbox_row_values(e)) for e in events]
-            )
+            # The events and, when enabled, their outbox rows (one statement on
+            # PostgreSQL).
+            last_position = insert_events(conn, cursor, events, outbox=self._outbox_enabled())
         return AppendResult.successful(events[-1].aggregate_version, last_position)
 
     def _resolve_conflict(
@@ -341,8 +338,22 @@ class DjangoEventStore(EventStore):
         q = _Sql.get(conn)
         where = [f"{q.c('aggregate_id')} = %s", f"{q.c('aggregate_type')} = %s"]
         params: list[Any] = [q.uuid_to_db(aggregate_id), aggregate_type]
+        filtered = len(where)
         option_filters(q, where, params, opts)
         backward = opts.direction == ReadDirection.BACKWARD
+        if not backward and len(where) == filtered:
+            # Windows of versions, whatever the statistics (see ``windowed``).
+            return windowed(
+                conn,
+                self._rows,
+                self,
+                where,
+                params,
+                key="aggregate_version",
+                after=max(opts.from_position, 0),
+                ceiling=None,
+                limit=opts.limit,
+            )
         return paged(
             conn,
             self._rows,
@@ -397,9 +408,31 @@ class DjangoEventStore(EventStore):
             mark = min(mark, end)
             if mark <= position:
                 return
-            for stored in paged(
-                conn, self._rows, self, where, params, after=position, ceiling=mark, limit=remaining
-            ):
+            if where:
+                page = paged(
+                    conn,
+                    self._rows,
+                    self,
+                    where,
+                    params,
+                    after=position,
+                    ceiling=mark,
+                    limit=remaining,
+                )
+            else:
+                # The catch-up read: windows of positions, whatever the statistics.
+                page = windowed(
+                    conn,
+                    self._rows,
+                    self,
+                    [],
+                    [],
+                    key="position",
+                    after=position,
+                    ceiling=mark,
+                    limit=remaining,
+                )
+            for stored in page:
                 yield stored
                 if remaining is not None:
                     remaining -= 1

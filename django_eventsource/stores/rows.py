@@ -107,10 +107,10 @@ class RowDecoder:
                 if validate is None:
                     event = self.event_from_values(row, registry.get_or_none(row[2]))
                 else:
-                    # SQLite returns every column as text: write them into one JSON
-                    # document that pydantic-core parses and validates without building
-                    # Python values first. A failure is retried on the full path, which
-                    # explains it.
+                    # The columns come as text (see ``fetch_event_rows``): write them
+                    # into one JSON document that pydantic-core parses and validates
+                    # without building Python values first, one validation per event.
+                    # A failure is retried on the full path, which explains it.
                     try:
                         event = validate(_document(row))
                     except ValidationError:
@@ -127,7 +127,7 @@ class RowDecoder:
         self, registry: EventRegistry, row: Sequence[Any]
     ) -> Callable[[str], Any] | None:
         """``validate_json`` of the row's event class, if the row can use it."""
-        if type(row[1]) is not str:  # not SQLite text
+        if type(row[1]) is not str:  # not read as text
             return None
         event_class = registry.get_or_none(row[2])
         if event_class is None or row[3] < self._current_version(event_class):

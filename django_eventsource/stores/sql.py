@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from django.db import DataError
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
 from django.utils.dateparse import parse_datetime
@@ -118,14 +117,16 @@ class _Sql:
             for name in ("occurred_at", "recorded_at"):
                 index = _READ_COLUMNS.index(name)
                 read[index] = f"({read[index]} || '+00:00')"
-        self.read_columns = ", ".join(read)
         if self.is_postgres:
-            # ISO text that ``datetime.fromisoformat`` and pydantic parse, for the rare
-            # page holding a timestamp the driver cannot turn into a datetime.
+            # ISO text that ``datetime.fromisoformat`` and pydantic parse. With the ids
+            # read as text too (``fetch_event_rows``), a row becomes one JSON document
+            # that pydantic-core validates without building Python values first, and a
+            # timestamp Python cannot hold (``infinity``, a year past 9999) fails only
+            # its own row, not the driver's conversion of the whole page.
             for name in ("occurred_at", "recorded_at"):
                 index = _READ_COLUMNS.index(name)
                 read[index] = f"(to_json({read[index]}) #>> '{{}}')"
-        self.read_columns_as_text = ", ".join(read)
+        self.read_columns = ", ".join(read)
         self.row_placeholder = "(" + ", ".join(["%s"] * len(_INSERT_COLUMNS)) + ")"
         self.max_params = int(getattr(conn.features, "max_query_params", None) or 65_535)
         ops = conn.ops
@@ -171,23 +172,32 @@ class _Sql:
 def fetch_event_rows(
     conn: BaseDatabaseWrapper, q: _Sql, sql_from: str, params: Sequence[Any]
 ) -> list[Any]:
-    """The rows of ``SELECT <the read columns> <sql_from>``.
+    """The rows of ``SELECT <the read columns> <sql_from>``, every column as the text
+    (or number) the event's JSON document is written from.
 
-    psycopg converts a whole page of rows at once, so one timestamp that PostgreSQL
-    holds but Python cannot (``infinity``, a year past 9999) fails every row of the
-    page. Such a page is read again with the timestamps as text: each row is rebuilt on
-    its own, and only the bad one raises, as a ``SerializationError`` that names it.
+    On PostgreSQL the ids come back as text (no ``UUID`` objects to build and print
+    again) and the timestamps as ISO text (see ``_Sql``); ``payload`` and ``metadata``
+    are JSON text with Django's loaders.
     """
-    with fast_read_cursor(conn) as cursor:
+    with conn.cursor() as cursor:
+        if q.is_postgres:
+            cursor.cursor.adapters.register_loader("uuid", _text_loader())
         cursor.execute(f"SELECT {q.read_columns} {sql_from}", params)
-        try:
-            rows: list[Any] = cursor.fetchall()
-        except DataError:
-            if not q.is_postgres:
-                raise
-            cursor.execute(f"SELECT {q.read_columns_as_text} {sql_from}", params)
-            rows = cursor.fetchall()
+        rows: list[Any] = cursor.fetchall()
         return rows
+
+
+def _text_loader() -> Any:
+    """psycopg's loader of values as the text PostgreSQL sends (imported on first use)."""
+    global _TEXT_LOADER
+    if _TEXT_LOADER is None:
+        from psycopg.types.string import TextLoader
+
+        _TEXT_LOADER = TextLoader
+    return _TEXT_LOADER
+
+
+_TEXT_LOADER: Any = None
 
 
 def _identity(value: UUID) -> Any:
@@ -220,9 +230,9 @@ def _quoted(name: str) -> str:
 
 
 def _document(row: Sequence[Any]) -> str:
-    """The JSON document of an event from a SQLite row of ``_READ_COLUMNS``.
+    """The JSON document of an event from a row of ``_READ_COLUMNS``.
 
-    Identifiers are 32-digit hex (which pydantic accepts), timestamps ISO text with an
+    Identifiers are hex or canonical UUID text (pydantic takes both), timestamps ISO text with an
     offset, ``payload`` and ``metadata`` JSON objects as stored. Missing optional
     fields take their defaults.
     """

@@ -33,6 +33,10 @@ _UNSTORABLE_ESCAPE = re.compile(
 )
 
 
+#: ``json.dumps(value, allow_nan=False)``, without building an encoder per call.
+_encode_json = json.JSONEncoder(allow_nan=False).encode
+
+
 def coerce_uuid(value: Any, what: str) -> UUID:
     """Return ``value`` as a UUID, or raise ``InvalidEventError`` naming ``what``."""
     if isinstance(value, UUID):
@@ -83,7 +87,7 @@ def storable_json(value: Any, what: str) -> str:
     escapes, so text without any escape, most of it, costs one substring search.
     """
     try:
-        text = json.dumps(value, allow_nan=False)
+        text = _encode_json(value)
     except (TypeError, ValueError) as exc:
         raise InvalidEventError(f"{what} is not JSON: {exc}") from None
     if "\\u" in text:
@@ -108,7 +112,13 @@ def storable_event_json(event: DomainEvent) -> tuple[str, str]:
             raise InvalidEventError(
                 f"event_version must be at most {MAX_EVENT_VERSION}, got {event.event_version}"
             )
-        return storable_json(event.payload(), "payload"), storable_json(event.metadata, "metadata")
+        metadata = event.metadata
+        return (
+            storable_json(event.payload(), "payload"),
+            "{}"
+            if type(metadata) is dict and not metadata
+            else storable_json(metadata, "metadata"),
+        )
     except InvalidEventError as exc:
         raise InvalidEventError(
             f"Event {event.event_id} ({event.event_type!r}) cannot be stored: {exc}"

@@ -7,6 +7,8 @@ store; these functions only talk to the database.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -14,6 +16,8 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
 
 from ..events.base import DomainEvent
+from ..events.serialization import OutboxRowValues, outbox_row_values
+from ..models import OutboxMessage
 from ..partitioning import event_bucket
 from .sql import _INSERT_COLUMNS, _as_uuid, _Sql
 from .validation import storable_event_json
@@ -36,6 +40,17 @@ def read_stream_state(
     """
     q = _Sql.get(conn)
     to_db = q.uuid_to_db
+    if q.is_postgres:
+        # One array parameter, whatever the number of events.
+        cursor.execute(
+            f"SELECT NULL, NULL, NULL, COALESCE(MAX({q.c('aggregate_version')}), 0), NULL "
+            f"FROM {q.table} WHERE {q.c('aggregate_id')} = %s AND {q.c('aggregate_type')} = %s "
+            f"UNION ALL SELECT {q.cols('event_id', 'aggregate_type', 'aggregate_id')}, "
+            f"{q.cols('aggregate_version', 'position')} FROM {q.table} "
+            f"WHERE {q.c('event_id')} = ANY(%s::uuid[])",
+            [agg_id, aggregate_type, "{" + ",".join([e.event_id.hex for e in events]) + "}"],
+        )
+        return _stream_state(cursor.fetchall())
     ids = [to_db(e.event_id) for e in events]
     limit = q.max_params - 2
     head_ids, rest = ids[:limit], ids[limit:]
@@ -57,6 +72,12 @@ def read_stream_state(
             chunk,
         )
         rows.extend(cursor.fetchall())
+    return _stream_state(rows)
+
+
+def _stream_state(
+    rows: list[Any],
+) -> tuple[int, dict[UUID, tuple[str, UUID, int]], dict[UUID, int]]:
     current = 0
     existing: dict[UUID, tuple[str, UUID, int]] = {}
     positions: dict[UUID, int] = {}
@@ -71,13 +92,166 @@ def read_stream_state(
 
 
 def insert_events(
-    conn: BaseDatabaseWrapper, cursor: CursorWrapper, events: list[DomainEvent]
+    conn: BaseDatabaseWrapper,
+    cursor: CursorWrapper,
+    events: list[DomainEvent],
+    *,
+    outbox: bool,
 ) -> int:
-    """Insert ``events`` with one multi-row INSERT (per parameter-limit chunk).
+    """Insert ``events``, and their outbox rows when ``outbox`` is set.
 
-    Returns the highest position taken.
+    On PostgreSQL, one statement whatever the number of events (see
+    ``_insert_postgres``); elsewhere one multi-row INSERT per parameter-limit chunk and
+    one ``executemany`` of the outbox rows. Returns the highest position taken.
     """
     q = _Sql.get(conn)
+    if q.is_postgres:
+        return _insert_postgres(q, cursor, events, outbox)
+    last_position = _insert_chunks(q, cursor, events)
+    if outbox:
+        _insert_outbox_rows(q, conn, cursor, events)
+    return last_position
+
+
+def _insert_outbox_rows(
+    q: _Sql, conn: BaseDatabaseWrapper, cursor: CursorWrapper, events: list[DomainEvent]
+) -> None:
+    """The outbox rows of ``events``, as ``OutboxMessage(**outbox_row_values(e))`` would
+    be saved, with one ``executemany`` (no model instances)."""
+    qn = conn.ops.quote_name
+    uuid_db = q.uuid_to_db
+    columns: list[str] = []
+    from_event: list[str | None] = []
+    defaults: list[Any] = []
+    for field in OutboxMessage._meta.concrete_fields:
+        if field.primary_key or field.has_db_default():
+            continue
+        columns.append(qn(str(field.column)))
+        if field.name in _OUTBOX_FROM_EVENT:
+            from_event.append(field.name)
+            defaults.append(None)
+        else:
+            from_event.append(None)
+            defaults.append(field.get_db_prep_save(field.get_default(), conn))
+    converters: dict[str, Callable[[Any], Any]] = {
+        "event_id": uuid_db,
+        "aggregate_id": uuid_db,
+        "tenant_id": lambda value: None if value is None else uuid_db(value),
+        # What the model field writes: ``json.dumps`` of ``to_dict()``.
+        "event_data": lambda value: json.dumps(value),
+    }
+    rows = []
+    for e in events:
+        values = outbox_row_values(e)
+        rows.append(
+            [
+                default if name is None else converters.get(name, _same)(values[name])  # type: ignore[literal-required]
+                for name, default in zip(from_event, defaults, strict=True)
+            ]
+        )
+    placeholders = ", ".join(["%s"] * len(columns))
+    cursor.executemany(
+        f"INSERT INTO {qn(OutboxMessage._meta.db_table)} ({', '.join(columns)}) "
+        f"VALUES ({placeholders})",
+        rows,
+    )
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _insert_postgres(
+    q: _Sql, cursor: CursorWrapper, events: list[DomainEvent], outbox: bool
+) -> int:
+    """The events (and outbox rows) of one append in one statement on PostgreSQL.
+
+    The rows travel as one ``jsonb`` array (a single parameter, parsed by the server in
+    C): per event, the event as ``to_dict()`` writes it (pydantic's serializer, which
+    also gives the outbox row its ``event_data``), its checked payload and metadata.
+    The envelope columns are read from the first on the server. Ordering by version
+    gives positions and outbox ids in the events' order. The notification is delivered
+    at commit, so LISTENing projection runners wake up only for events they can read.
+    """
+    documents = []
+    for e in events:
+        payload, metadata = storable_event_json(e)
+        documents.append(f"[{e.model_dump_json()},{payload},{metadata}]")
+    sql, params = _postgres_append_statement(q, cursor.db, outbox)
+    cursor.execute(sql, ["[" + ",".join(documents) + "]", *params])
+    return int(cursor.fetchone()[0])
+
+
+#: The event table's columns in a PostgreSQL append, from an event's ``to_dict()``
+#: document ``d``.
+_FROM_DOCUMENT = {
+    "event_id": "(d->>'event_id')::uuid",
+    "aggregate_type": "d->>'aggregate_type'",
+    "aggregate_id": "(d->>'aggregate_id')::uuid",
+    "aggregate_version": "(d->>'aggregate_version')::bigint",
+    "event_type": "d->>'event_type'",
+    "event_version": "(d->>'event_version')::bigint",
+    "tenant_id": "(d->>'tenant_id')::uuid",
+    "actor_id": "d->>'actor_id'",
+    "correlation_id": "(d->>'correlation_id')::uuid",
+    "causation_id": "(d->>'causation_id')::uuid",
+    "occurred_at": "(d->>'occurred_at')::timestamptz",
+    "payload": "payload",
+    "metadata": "metadata",
+    "event_data": "d",
+}
+
+_statements: dict[tuple[str, bool], tuple[str, list[Any]]] = {}
+
+
+def _postgres_append_statement(
+    q: _Sql, conn: BaseDatabaseWrapper, outbox: bool
+) -> tuple[str, list[Any]]:
+    """The append statement of ``_insert_postgres`` and its parameters after the rows."""
+    key = (conn.alias, outbox)
+    cached = _statements.get(key)
+    if cached is not None:
+        return cached
+    pos = q.c("position")
+    source = ", ".join(_FROM_DOCUMENT[name] for name in _INSERT_COLUMNS)
+    # Versions are contiguous within an append: their order is the events' order.
+    order = f"ORDER BY {_FROM_DOCUMENT['aggregate_version']}"
+    ctes = [
+        "batch AS MATERIALIZED (SELECT r->0 AS d, r->1 AS payload, r->2 AS metadata "
+        "FROM jsonb_array_elements(%s::jsonb) AS r)",
+        f"inserted AS (INSERT INTO {q.table} ({q.insert_columns}) SELECT {source} "
+        f"FROM batch {order} RETURNING {pos})",
+    ]
+    params: list[Any] = []
+    if outbox:
+        qn = conn.ops.quote_name
+        columns, values = [], []
+        for field in OutboxMessage._meta.concrete_fields:
+            if field.primary_key or field.has_db_default():
+                continue
+            columns.append(qn(str(field.column)))
+            if field.name in _OUTBOX_FROM_EVENT:
+                values.append(_FROM_DOCUMENT[field.name])
+            else:
+                # What the model would write: its Python-side default.
+                values.append("%s")
+                params.append(field.get_db_prep_save(field.get_default(), conn))
+        ctes.append(
+            f"outboxed AS (INSERT INTO {qn(OutboxMessage._meta.db_table)} "
+            f"({', '.join(columns)}) SELECT {', '.join(values)} FROM batch {order})"
+        )
+    sql = f"WITH {', '.join(ctes)} SELECT MAX({pos}), pg_notify(%s, MAX({pos})::text) FROM inserted"
+    params.append(NOTIFY_CHANNEL)
+    _statements[key] = (sql, params)
+    return sql, params
+
+
+#: Outbox columns filled from the event (what ``outbox_row_values`` returns).
+_OUTBOX_FROM_EVENT = frozenset(OutboxRowValues.__annotations__)
+
+
+def _insert_chunks(q: _Sql, cursor: CursorWrapper, events: list[DomainEvent]) -> int:
+    """``events`` in multi-row INSERTs of at most the database's parameter limit."""
     uuid_db, dt_db, json_db = q.uuid_to_db, q.datetime_to_db, q.json_text_to_db
     per_row = len(_INSERT_COLUMNS)
     rows_per_statement = max(1, q.max_params // per_row)
@@ -104,18 +278,10 @@ def insert_events(
                 event_bucket(e.aggregate_id),  # segmented projections
             )
         values = ", ".join([q.row_placeholder] * len(chunk))
-        insert = f"INSERT INTO {q.table} ({q.insert_columns}) VALUES {values}"
-        if q.is_postgres:
-            # The notification is delivered at commit, so LISTENing projection runners
-            # wake up only for events they can read.
-            cursor.execute(
-                f"WITH inserted AS ({insert} RETURNING {q.c('position')}) "
-                f"SELECT MAX({q.c('position')}), "
-                f"pg_notify(%s, MAX({q.c('position')})::text) FROM inserted",
-                [*params, NOTIFY_CHANNEL],
-            )
-            last_position = max(last_position, int(cursor.fetchone()[0]))
-        else:
-            cursor.execute(f"{insert} RETURNING {q.c('position')}", params)
-            last_position = max([last_position, *(int(r[0]) for r in cursor.fetchall())])
+        cursor.execute(
+            f"INSERT INTO {q.table} ({q.insert_columns}) VALUES {values} "
+            f"RETURNING {q.c('position')}",
+            params,
+        )
+        last_position = max([last_position, *(int(r[0]) for r in cursor.fetchall())])
     return last_position

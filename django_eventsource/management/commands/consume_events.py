@@ -44,11 +44,12 @@ class Command(BaseCommand):
                     "No event handlers registered: messages will be acknowledged unprocessed."
                 )
             )
-        if verbosity >= 2:
+        if verbosity >= 1:
             cfg = bus.config
+            until = "until the stream is drained" if options["once"] else "until Ctrl+C/SIGTERM"
             self.stdout.write(
                 f"Consuming {cfg.stream_name} as {cfg.consumer_group}/{cfg.consumer_name} "
-                f"with {subscriptions} subscription(s)"
+                f"with {subscriptions} subscription(s), {until}."
             )
         try:
             if options["once"]:

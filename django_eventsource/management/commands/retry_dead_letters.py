@@ -1,4 +1,4 @@
-"""``manage.py retry_dead_letters``: run dead-lettered events through their handler again."""
+"""``manage.py retry_dead_letters``: handle dead-lettered events again, sequence by sequence."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ...exceptions import UnknownProjectionError
 from ...projections.maintenance import retry_dead_letters
+from ..exit_codes import PROBLEM
+from ..progress import ProgressDisplay
 
 
 class Command(BaseCommand):
     help = (
-        "Retry dead-lettered projection events: successes are marked resolved, failures "
-        "stay with the new error."
+        "Retry dead-lettered projection events: each sequence is handled from its head, in "
+        "order, up to the first event that still fails. Exits with status 3 when some "
+        "stay failing, 1 when a requested id does not exist."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -26,22 +29,34 @@ class Command(BaseCommand):
             type=int,
             dest="ids",
             metavar="N",
-            help="Only this dead letter id; repeat for several.",
+            help="Only the sequence of this dead letter id; repeat for several.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        verbosity = int(options["verbosity"])
+        display = ProgressDisplay(self.stdout, "Retrying", enabled=verbosity >= 1)
         try:
             report = retry_dead_letters(
                 projection=options["projection"],
                 ids=options["ids"],
                 resolved_by="retry_dead_letters",
+                progress=lambda done, total: display.update(done, total),
             )
         except UnknownProjectionError as exc:
             raise CommandError(str(exc)) from exc
-        verbosity = int(options["verbosity"])
-        if verbosity >= 2 or (verbosity >= 1 and report.errors):
+        if display.done:
+            display.finish()
+        if verbosity >= 1:
             for dlq_id, error in sorted(report.errors.items()):
                 self.stdout.write(self.style.ERROR(f"#{dlq_id}: {error}"))
-        if verbosity >= 1:
             style = self.style.SUCCESS if not report.failed else self.style.WARNING
-            self.stdout.write(style(f"{report.resolved} resolved, {report.failed} still failing."))
+            waiting = f", {report.waiting} waiting behind them" if report.waiting else ""
+            self.stdout.write(
+                style(f"{report.resolved} resolved, {report.failed} still failing{waiting}.")
+            )
+        if report.missing:
+            missing = ", ".join(f"#{pk}" for pk in report.missing)
+            raise CommandError(f"No such dead letter: {missing} (not found).")
+        if report.failed:
+            # After the output: the report is printed, then the status says "look at it".
+            raise SystemExit(PROBLEM)

@@ -5,7 +5,9 @@ Each run creates new orders (new ids), so it can be repeated on the same databas
 
 from __future__ import annotations
 
+import os
 import random
+import sys
 import time
 from decimal import Decimal
 from typing import Any
@@ -23,6 +25,7 @@ from django_eventsource import (
 )
 from django_eventsource.bus import get_event_bus
 from django_eventsource.conf import conf
+from django_eventsource.models import OutboxMessage
 from django_eventsource.outbox.relay import publish_outbox
 from django_eventsource.projections.maintenance import retry_dead_letters
 from django_eventsource.projections.runner import run_projections
@@ -79,8 +82,13 @@ class Command(BaseCommand):
         self.publish_outbox(order_ids)
         with event_context(actor_id="demo"):
             self.dead_letter_and_retry()
+        python = _python_as_typed()
+        self.stdout.write(self.style.SUCCESS("\nDemo finished. Next:"))
         self.stdout.write(
-            self.style.SUCCESS("\nDemo finished. Browse the orders: python manage.py runserver")
+            f"   {python} manage.py createsuperuser   # a login for the admin\n"
+            f"   {python} manage.py runserver\n"
+            "   then open http://127.0.0.1:8000/ (orders: place one, see its events) and\n"
+            "   http://127.0.0.1:8000/admin/django_eventsource/ (events, dashboard)"
         )
 
     # -- steps ---------------------------------------------------------------------------
@@ -150,10 +158,16 @@ class Command(BaseCommand):
     def publish_outbox(self, order_ids: list[UUID]) -> None:
         self.step("4. Publishing the outbox to the event bus (publish_outbox --once)")
         pending = DjangoOutboxRepository().get_stats().pending_count
+        of_this_run = OutboxMessage.objects.pending().filter(aggregate_id__in=order_ids).count()
         report = publish_outbox(
             once=True, progress=lambda totals: self.progress(f"{totals.published} published")
         )
-        self.stdout.write(f"   outbox published: {report.published} of {pending} pending messages")
+        earlier = pending - of_this_run
+        left_over = f", {earlier} left by an earlier run" if earlier > 0 else ""
+        self.stdout.write(
+            f"   outbox published: {report.published} of {pending} pending messages "
+            f"({of_this_run} for this run's orders{left_over})"
+        )
         reservations = InventoryReservation.objects.filter(order_id__in=order_ids)
         self.stdout.write(
             f"   reaction: {reservations.count()} inventory reservations for this run's lines "
@@ -206,3 +220,9 @@ class Command(BaseCommand):
     def progress(self, message: str) -> None:
         if self.verbosity > 1:
             self.stdout.write(f"   … {message}")
+
+
+def _python_as_typed() -> str:
+    """This interpreter as the reader would type it: relative when inside the project."""
+    relative = os.path.relpath(sys.executable)
+    return sys.executable if relative.startswith("..") else relative

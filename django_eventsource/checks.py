@@ -9,6 +9,9 @@
 - E020: a projection of ``EVENTSOURCE_PROJECTIONS`` handles (or subscribes to) an event
   class that nothing in the default event registry matches, so ``run_projections``
   cannot read such events back.
+- E030: ``EVENTSOURCE_REDIS_PARTITIONS`` is not an integer from 1 to 1024, a lease
+  (``EVENTSOURCE_REDIS_PARTITION_LEASE``, ``EVENTSOURCE_OUTBOX_CLAIM_LEASE``) is not a
+  positive number, or ``EVENTSOURCE_PROJECTION_LOCK`` is not ``"advisory"``/``"lease"``.
 - W001: the outbox is enabled but there is no bus to publish to.
 - W002: ``EVENTSOURCE_TRACING`` is ``True`` but ``opentelemetry-api`` is not installed.
 - W003: a SQLite database the app writes to lacks ``"transaction_mode": "IMMEDIATE"`` or
@@ -379,4 +382,42 @@ def check_sqlite_writers(
                 id="django_eventsource.W003",
             )
         )
+    return messages
+
+
+#: Largest accepted ``EVENTSOURCE_REDIS_PARTITIONS``: each partition is a stream and a
+#: key of its own, and a consumer polls every partition it holds.
+MAX_REDIS_PARTITIONS = 1024
+
+#: Values of ``EVENTSOURCE_PROJECTION_LOCK``.
+PROJECTION_LOCKS = ("advisory", "lease")
+
+
+@register()
+def check_scaling_settings(
+    app_configs: Sequence[AppConfig] | None = None,
+    databases: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> list[CheckMessage]:
+    """E030: partitions, leases and the projection lock kind must be usable values."""
+    messages: list[CheckMessage] = []
+
+    def problem(name: str, expected: str) -> None:
+        messages.append(
+            Error(
+                f"EVENTSOURCE_{name} must be {expected}, got {conf.raw(name)!r}.",
+                hint=f"Remove EVENTSOURCE_{name} to use the default of {conf.default(name)!r}.",
+                id="django_eventsource.E030",
+            )
+        )
+
+    partitions = conf.raw("REDIS_PARTITIONS")
+    if not _is_integer(partitions) or not 1 <= partitions <= MAX_REDIS_PARTITIONS:
+        problem("REDIS_PARTITIONS", f"an integer from 1 to {MAX_REDIS_PARTITIONS}")
+    for name in ("REDIS_PARTITION_LEASE", "OUTBOX_CLAIM_LEASE"):
+        value = conf.raw(name)
+        if not _is_number(value) or value <= 0:
+            problem(name, "a positive number of seconds")
+    if conf.raw("PROJECTION_LOCK") not in PROJECTION_LOCKS:
+        problem("PROJECTION_LOCK", " or ".join(repr(kind) for kind in PROJECTION_LOCKS))
     return messages

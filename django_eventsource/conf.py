@@ -63,6 +63,12 @@ class Settings:
     REDIS_MAX_RETRIES: Setting[int] = Setting(5, int)
     # Milliseconds a message may stay pending before another consumer claims it.
     REDIS_CLAIM_IDLE_MS: Setting[int] = Setting(60_000, int)
+    # Partitions (streams) of the Redis bus; an aggregate's events all go to one, and each
+    # partition has at most one consumer of the group at a time. 1 = a single stream.
+    REDIS_PARTITIONS: Setting[int] = Setting(1, int)
+    # Seconds a consumer's hold on a partition lasts unless renewed (partitions > 1): a
+    # dead consumer's partitions are taken over after at most this long.
+    REDIS_PARTITION_LEASE: Setting[float] = Setting(10.0, float)
     # Write one outbox row per event in the append transaction.
     OUTBOX_ENABLED: Setting[bool] = Setting(False, bool)
     # Rows claimed per publish_outbox batch.
@@ -74,6 +80,10 @@ class Settings:
     OUTBOX_MAX_ATTEMPTS: Setting[int | None] = Setting(None, _optional_int)
     # Seconds after which an unfinished claim on an outbox row is taken over.
     OUTBOX_CLAIM_TIMEOUT: Setting[float] = Setting(300.0, float)
+    # Seconds a relay's claim lasts unless renewed: a live relay renews its claims every
+    # third of it, so a dead relay's rows are claimed again after at most this long.
+    # A claim is never renewed past OUTBOX_CLAIM_TIMEOUT.
+    OUTBOX_CLAIM_LEASE: Setting[float] = Setting(10.0, float)
     # Published outbox rows older than this many days are deleted by publish_outbox.
     OUTBOX_RETENTION_DAYS: Setting[int] = Setting(7, int)
     # Base delay in seconds of the outbox relay's backoff (full jitter) after a failed attempt.
@@ -87,6 +97,10 @@ class Settings:
     # Seconds a run_projections lease on a projection lasts (non-PostgreSQL databases);
     # renewed before every batch, taken over by another runner once it expires.
     PROJECTION_LEASE_SECONDS: Setting[float] = Setting(30.0, float)
+    # How run_projections keeps one runner per projection on PostgreSQL: "advisory"
+    # (session advisory locks, LISTEN wake-ups) or "lease" (Checkpoint leases and polling,
+    # for transaction-mode poolers such as PgBouncer's pool_mode = transaction).
+    PROJECTION_LOCK: Setting[str] = Setting("advisory", str)
     # Seconds between polls of the loops (run_projections, publish_outbox, consume_events).
     POLL_INTERVAL: Setting[float] = Setting(1.0, float)
     # Attempts of a failing projection handler before the event is dead-lettered.

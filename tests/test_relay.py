@@ -198,16 +198,21 @@ def test_a_row_backing_off_holds_back_later_versions_of_its_aggregate_only() -> 
 
 
 @pytest.mark.django_db
-def test_a_claim_of_a_dead_relay_is_taken_over_after_the_claim_timeout() -> None:
+def test_a_claim_of_a_dead_relay_is_taken_over_after_its_lease() -> None:
     _save(account_history(deposits=1))
     OutboxMessage.objects.update(
         claimed_by="dead-relay", claimed_at=timezone.now() - timedelta(hours=1)
     )
     bus = RecordingBus()
 
-    with override_settings(EVENTSOURCE_OUTBOX_CLAIM_TIMEOUT=7200):
+    with override_settings(
+        EVENTSOURCE_OUTBOX_CLAIM_LEASE=7200, EVENTSOURCE_OUTBOX_CLAIM_TIMEOUT=7200
+    ):
         assert publish_outbox(once=True, bus=bus).published == 0
-    with override_settings(EVENTSOURCE_OUTBOX_CLAIM_TIMEOUT=60):
+    # The lease, not the (longer) claim timeout, decides.
+    with override_settings(
+        EVENTSOURCE_OUTBOX_CLAIM_LEASE=60, EVENTSOURCE_OUTBOX_CLAIM_TIMEOUT=7200
+    ):
         assert publish_outbox(once=True, bus=bus).published == 2
 
 

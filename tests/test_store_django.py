@@ -549,8 +549,10 @@ def test_the_store_asks_the_routers_for_its_database() -> None:
         store.get_events(account, "Account")
 
     assert "write:EventRecord" in EventsToDefault.seen
-    assert "read:EventRecord" in EventsToDefault.seen
+    # Reads go where appends go, never to a router's read replica (tests/test_replica_reads.py).
+    assert "read:EventRecord" not in EventsToDefault.seen
     assert DjangoEventStore(using="other").db_for_write() == "other"
+    assert DjangoEventStore(using="other").db_for_read() == "other"
 
 
 @pytest.mark.postgres

@@ -128,7 +128,11 @@ class RedisEventBus(EventBus):
             return False
 
     def close(self) -> None:
-        """Close the connection pool (a later call reconnects)."""
+        """Give back held partitions and close the connection pool (a later call
+        reconnects)."""
+        if self._client is not None:
+            with suppress(RedisConnectionError, RedisTimeoutError):
+                self._consumer.release_partitions()
         with self._lock:
             client, self._client = self._client, None
         if client is not None:
@@ -231,7 +235,9 @@ class RedisEventBus(EventBus):
         cfg = self.config
         pipe = self.client.pipeline(transaction=False)
         for entry in entries:
-            pipe.xadd(cfg.stream_name, entry, maxlen=cfg.max_stream_length, approximate=True)
+            # Each aggregate's stream (its partition): the pipeline keeps the order.
+            stream = cfg.stream_for(entry["aggregate_id"])
+            pipe.xadd(stream, entry, maxlen=cfg.max_stream_length, approximate=True)
         with tracing.span(
             "eventsource.redis.publish", {"event_count": len(entries), "stream": cfg.stream_name}
         ):
@@ -377,8 +383,11 @@ class RedisEventBus(EventBus):
         return await sync_to_async(self.recover_pending, thread_sensitive=False)(count)
 
     def stream_length(self) -> int:
-        """Number of entries in the events stream."""
-        return int(self.client.xlen(self.config.stream_name))
+        """Number of entries in the events stream (all partitions together)."""
+        pipe = self.client.pipeline(transaction=False)
+        for stream in self.config.stream_names:
+            pipe.xlen(stream)
+        return sum(int(n) for n in pipe.execute())
 
 
 __all__ = [

@@ -35,6 +35,7 @@ from .._runtime import (
 from ..events.registry import EventRegistry
 from ..exceptions import EventBusError
 from .interface import HandlerLike, handler_function
+from .redis_partitions import PartitionLeases
 from .redis_streams import RedisEventBusConfig, StatsCounter, StreamMessage
 
 with suppress(ImportError):  # without redis no bus, hence no consumer, is ever created
@@ -72,18 +73,39 @@ class StreamConsumer:
         self._stats = stats
         self._group_ready = False
         self._last_recovery = 0.0
+        #: With more than one partition: which partitions this consumer reads.
+        self.leases = PartitionLeases(config, client) if config.partitions > 1 else None
 
     def ensure_group(self) -> None:
         if self._group_ready:
             return
-        try:
-            self._client().xgroup_create(
-                self.config.stream_name, self.config.consumer_group, id="0", mkstream=True
-            )
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        for stream in self.config.stream_names:
+            try:
+                self._client().xgroup_create(
+                    stream, self.config.consumer_group, id="0", mkstream=True
+                )
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
         self._group_ready = True
+
+    def _streams(self) -> list[str]:
+        """The streams this consumer reads now (its partitions' streams)."""
+        if self.leases is None:
+            return [self.config.stream_name]
+        self.leases.rebalance_if_due()
+        fresh = self.leases.take_fresh()
+        if fresh:
+            # Taken over: what the previous holder left pending comes before anything new.
+            self._recover(
+                [self.config.partition_stream(p) for p in sorted(fresh)], None, None, idle_ms=0
+            )
+        return [self.config.partition_stream(p) for p in self.leases.held]
+
+    def release_partitions(self) -> None:
+        """Give back the partitions this consumer holds (when it stops)."""
+        if self.leases is not None:
+            self.leases.release_all()
 
     def consume_once(self, count: int | None = None, block_ms: int | None = None) -> int:
         handled = self.recover_pending(count)
@@ -99,11 +121,17 @@ class StreamConsumer:
         """
         cfg = self.config
         self.ensure_group()
+        streams = self._streams()
+        if not streams:
+            # Every partition has its consumer: wait as a blocking read would.
+            if block_ms:
+                (stop or threading.Event()).wait(block_ms / 1000)
+            return 0
         try:
             response = self._client().xreadgroup(
                 cfg.consumer_group,
                 cfg.consumer_name,
-                {cfg.stream_name: ">"},
+                dict.fromkeys(streams, ">"),
                 count=count or cfg.batch_size,
                 block=block_ms if block_ms else None,
             )
@@ -113,49 +141,59 @@ class StreamConsumer:
                 self._group_ready = False
             raise
         messages = [
-            StreamMessage(message_id, entry_fields, 1)
-            for _stream, entries in (response or [])
+            StreamMessage(message_id, entry_fields, 1, stream)
+            for stream, entries in (response or [])
             for message_id, entry_fields in entries
             if entry_fields is not None
         ]
         return self._process(messages, stop)
 
     def recover_pending(self, count: int | None = None, stop: threading.Event | None = None) -> int:
-        cfg = self.config
         self.ensure_group()
-        handled = 0
-        cursor = "0-0"
-        while True:
-            response = self._client().xautoclaim(
-                cfg.stream_name,
-                cfg.consumer_group,
-                cfg.consumer_name,
-                min_idle_time=cfg.claim_idle_ms,
-                start_id=cursor,
-                count=count or cfg.batch_size,
-            )
-            cursor = response[0]
-            claimed = [(mid, f) for mid, f in response[1] if f is not None]
-            # Entries trimmed from the stream while pending cannot be processed any
-            # more; XAUTOCLAIM has already dropped them from the pending list.
-            if claimed:
-                self._stats.add(messages_recovered=len(claimed))
-                deliveries = self._delivery_counts([mid for mid, _ in claimed])
-                handled += self._process(
-                    [StreamMessage(mid, f, deliveries.get(mid, 1)) for mid, f in claimed], stop
-                )
-            # XAUTOCLAIM scans a bounded slice of the pending list per call; the cursor
-            # returns to 0-0 once the whole list has been looked at.
-            if cursor in ("0-0", "0"):
-                return handled
+        return self._recover(self._streams(), count, stop, idle_ms=self.config.claim_idle_ms)
 
-    def _delivery_counts(self, message_ids: list[str]) -> dict[str, int]:
+    def _recover(
+        self, streams: list[str], count: int | None, stop: threading.Event | None, *, idle_ms: int
+    ) -> int:
+        """Claim the entries of ``streams`` pending for ``idle_ms`` or more and process them."""
+        cfg = self.config
+        handled = 0
+        for stream in streams:
+            cursor = "0-0"
+            while True:
+                response = self._client().xautoclaim(
+                    stream,
+                    cfg.consumer_group,
+                    cfg.consumer_name,
+                    min_idle_time=idle_ms,
+                    start_id=cursor,
+                    count=count or cfg.batch_size,
+                )
+                cursor = response[0]
+                claimed = [(mid, f) for mid, f in response[1] if f is not None]
+                # Entries trimmed from the stream while pending cannot be processed any
+                # more; XAUTOCLAIM has already dropped them from the pending list.
+                if claimed:
+                    self._stats.add(messages_recovered=len(claimed))
+                    deliveries = self._delivery_counts(stream, [mid for mid, _ in claimed])
+                    handled += self._process(
+                        [
+                            StreamMessage(mid, f, deliveries.get(mid, 1), stream)
+                            for mid, f in claimed
+                        ],
+                        stop,
+                    )
+                # XAUTOCLAIM scans a bounded slice of the pending list per call; the
+                # cursor returns to 0-0 once the whole list has been looked at.
+                if cursor in ("0-0", "0"):
+                    break
+        return handled
+
+    def _delivery_counts(self, stream: str, message_ids: list[str]) -> dict[str, int]:
         cfg = self.config
         pipe = self._client().pipeline(transaction=False)
         for message_id in message_ids:
-            pipe.xpending_range(
-                cfg.stream_name, cfg.consumer_group, min=message_id, max=message_id, count=1
-            )
+            pipe.xpending_range(stream, cfg.consumer_group, min=message_id, max=message_id, count=1)
         return {
             str(p["message_id"]): int(p["times_delivered"])
             for result in pipe.execute()
@@ -167,7 +205,7 @@ class StreamConsumer:
             return 0
         self._stats.add(messages_received=len(messages))
         cfg = self.config
-        acked: list[str] = []
+        acked: list[StreamMessage] = []
         handled = 0
         try:
             for index, message in enumerate(messages):
@@ -177,10 +215,9 @@ class StreamConsumer:
                     # claims it again meanwhile.
                     handled += self._acknowledge(acked)
                     acked = []
-                    waiting = [m.message_id for m in messages[index:]]
-                    error = self._wait_out_outage(message, error, waiting, stop)
+                    error = self._wait_out_outage(message, error, messages[index:], stop)
                 if error is None:
-                    acked.append(message.message_id)
+                    acked.append(message)
                 elif isinstance(error, _Poison) or message.deliveries >= cfg.max_retries:
                     self._dead_letter(message, _describe(error))
                     handled += 1
@@ -207,13 +244,23 @@ class StreamConsumer:
             handled += self._acknowledge(acked)
         return handled
 
-    def _acknowledge(self, message_ids: list[str]) -> int:
-        if message_ids:
+    def _stream_of(self, message: StreamMessage) -> str:
+        return message.stream or self.config.stream_name
+
+    def _by_stream(self, messages: list[StreamMessage]) -> dict[str, list[str]]:
+        ids: dict[str, list[str]] = {}
+        for message in messages:
+            ids.setdefault(self._stream_of(message), []).append(message.message_id)
+        return ids
+
+    def _acknowledge(self, messages: list[StreamMessage]) -> int:
+        for stream, message_ids in self._by_stream(messages).items():
             self._client().xack(  # type: ignore[no-untyped-call]
-                self.config.stream_name, self.config.consumer_group, *message_ids
+                stream, self.config.consumer_group, *message_ids
             )
-            self._stats.add(messages_acknowledged=len(message_ids))
-        return len(message_ids)
+        if messages:
+            self._stats.add(messages_acknowledged=len(messages))
+        return len(messages)
 
     def _attempt(self, message: StreamMessage) -> BaseException | None:
         """Run the handlers of ``message`` once, in a span; the error that stopped them."""
@@ -241,7 +288,7 @@ class StreamConsumer:
         self,
         message: StreamMessage,
         outage: _DatabaseUnavailable,
-        waiting: list[str],
+        waiting: list[StreamMessage],
         stop: threading.Event | None,
     ) -> BaseException | None:
         """Run the handlers of ``message`` again until the database is back.
@@ -285,23 +332,24 @@ class StreamConsumer:
             error = self._attempt(message)
         return error
 
-    def _keep_claimed(self, message_ids: list[str]) -> None:
+    def _keep_claimed(self, messages: list[StreamMessage]) -> None:
         """Reset the idle time of messages this consumer holds; ``JUSTID`` claims do not
         count a delivery."""
         cfg = self.config
         try:
-            self._client().xclaim(  # type: ignore[no-untyped-call]
-                cfg.stream_name,
-                cfg.consumer_group,
-                cfg.consumer_name,
-                0,
-                message_ids,
-                justid=True,
-            )
+            for stream, message_ids in self._by_stream(messages).items():
+                self._client().xclaim(  # type: ignore[no-untyped-call]
+                    stream,
+                    cfg.consumer_group,
+                    cfg.consumer_name,
+                    0,
+                    message_ids,
+                    justid=True,
+                )
         except (RedisConnectionError, RedisTimeoutError):
             # Redis is away too: the messages may be claimed again later, which only
             # costs a delivery.
-            logger.debug("Could not renew the claim on %d messages", len(message_ids))
+            logger.debug("Could not renew the claim on %d messages", len(messages))
 
     def _handle(self, message: StreamMessage, data: object) -> BaseException | None:
         """Run every handler of one message; the error that stopped it, or None."""
@@ -334,7 +382,7 @@ class StreamConsumer:
         entry = {
             **message.fields,
             "error": error,
-            "original_stream": cfg.stream_name,
+            "original_stream": self._stream_of(message),
             "original_message_id": message.message_id,
             "consumer_group": cfg.consumer_group,
             "consumer": cfg.consumer_name,
@@ -359,7 +407,7 @@ class StreamConsumer:
         )
         pipe = self._client().pipeline(transaction=True)
         pipe.xadd(cfg.dead_letter_stream, entry)
-        pipe.xack(cfg.stream_name, cfg.consumer_group, message.message_id)
+        pipe.xack(self._stream_of(message), cfg.consumer_group, message.message_id)
         pipe.execute()
         self._stats.add(messages_dead_lettered=1)
 
@@ -373,6 +421,13 @@ class StreamConsumer:
         """The consumer loop: until ``stop`` is set, through Redis and database outages."""
         cfg = self.config
         recovery_every = min(max(cfg.claim_idle_ms / 2000, 0.05), 30.0)
+        try:
+            self._loop(stop, recovery_every)
+        finally:
+            self.release_partitions()
+
+    def _loop(self, stop: threading.Event, recovery_every: float) -> None:
+        cfg = self.config
         failures = 0
         while not stop.is_set():
             try:

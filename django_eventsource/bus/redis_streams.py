@@ -1,7 +1,11 @@
 """The Redis Streams side of the Redis bus: configuration, entries, connections, counters.
 
-Layout: every event goes to ONE stream, ``<stream_prefix>:events``, so the events of an
-aggregate keep their order in Redis whatever their aggregate type. Each entry carries
+Layout: with one partition (the default) every event goes to ONE stream,
+``<stream_prefix>:events``, so the events of an aggregate keep their order in Redis
+whatever their aggregate type. With ``partitions = P > 1`` an event goes to the stream
+``<stream_prefix>:events:<n>``, ``n = stable_bucket(aggregate_id, P)``: all the events of an
+aggregate still share one stream, and ``redis_partitions`` lets one consumer of the group
+at a time read each stream. Each entry carries
 ``event_id`` (the consumers' idempotency key), ``event_type``, ``aggregate_type``,
 ``aggregate_id``, ``aggregate_version`` and ``data``, the JSON of ``event.to_dict()``.
 Messages that cannot be processed go to ``<stream_prefix>:dlq``.
@@ -21,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._runtime import worker_id
 from ..events.serialization import StoredEventData
+from ..partitioning import stable_bucket
 
 try:
     import redis as redis_lib
@@ -60,6 +65,8 @@ class RedisEventBusConfig:
     whole nodes; ``None`` keeps everything). ``max_retries`` is the number of deliveries
     after which a failing message is dead-lettered. ``connection_retries`` is how often
     one command is retried on a connection error before the error surfaces.
+    ``partitions`` is the number of event streams (``EVENTSOURCE_REDIS_PARTITIONS``) and
+    ``partition_lease`` the seconds a consumer's hold on a partition lasts unless renewed.
     """
 
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -78,11 +85,38 @@ class RedisEventBusConfig:
     connection_retries: int = 2
     reconnect_backoff: float = 0.5
     reconnect_backoff_max: float = 30.0
+    partitions: int = 1
+    partition_lease: float = 10.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.partitions, bool) or not isinstance(self.partitions, int):
+            raise ValueError(f"partitions must be an integer, got {self.partitions!r}")
+        if self.partitions < 1:
+            raise ValueError(f"partitions must be at least 1, got {self.partitions}")
+        if not self.partition_lease > 0:
+            raise ValueError(f"partition_lease must be positive, got {self.partition_lease!r}")
 
     @property
     def stream_name(self) -> str:
-        """The stream every event is added to."""
+        """The events stream with one partition; the prefix of the partition streams."""
         return f"{self.stream_prefix}:{self.stream_suffix}"
+
+    def partition_stream(self, partition: int) -> str:
+        """The stream of partition ``partition`` (``stream_name`` with one partition)."""
+        if self.partitions == 1:
+            return self.stream_name
+        return f"{self.stream_name}:{partition}"
+
+    @property
+    def stream_names(self) -> list[str]:
+        """Every events stream, in partition order."""
+        return [self.partition_stream(p) for p in range(self.partitions)]
+
+    def stream_for(self, aggregate_id: str) -> str:
+        """The stream of the events of the aggregate ``aggregate_id`` (its text form)."""
+        if self.partitions == 1:
+            return self.stream_name
+        return self.partition_stream(stable_bucket(aggregate_id, self.partitions))
 
     @property
     def dead_letter_stream(self) -> str:
@@ -101,6 +135,8 @@ class RedisEventBusConfig:
             "max_stream_length": conf.REDIS_MAX_STREAM_LENGTH,
             "max_retries": conf.REDIS_MAX_RETRIES,
             "claim_idle_ms": conf.REDIS_CLAIM_IDLE_MS,
+            "partitions": conf.REDIS_PARTITIONS,
+            "partition_lease": conf.REDIS_PARTITION_LEASE,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -189,11 +225,13 @@ def serialize_fields(event_data: Mapping[str, Any]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class StreamMessage:
-    """One entry read from the events stream, and how often it has been delivered."""
+    """One entry read from an events stream, and how often it has been delivered."""
 
     message_id: str
     fields: dict[str, str]
     deliveries: int
+    #: The stream it was read from (a partition's stream).
+    stream: str = ""
 
     def data(self) -> object:
         """The decoded ``data`` field, or ``None`` when it is not JSON."""

@@ -38,5 +38,8 @@ class Migration(migrations.Migration):
                 name="es_outbox_pending_id_idx",
             ),
         ),
-        migrations.RunPython(_leave_room_for_claims, _fill_pages),
+        # The hint lets database routers keep this step on the outbox's database.
+        migrations.RunPython(
+            _leave_room_for_claims, _fill_pages, hints={"model_name": "outboxmessage"}
+        ),
     ]

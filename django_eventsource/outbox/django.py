@@ -197,6 +197,7 @@ class DjangoOutboxRepository(OutboxRepository):
         now: datetime,
         claim_timeout: float,
         exclude_ids: Iterable[int] = (),
+        scan_limit: int | None = None,
     ) -> list[OutboxEntry]:
         """Pick, order-check and claim in one ``UPDATE … RETURNING``.
 
@@ -206,6 +207,10 @@ class DjangoOutboxRepository(OutboxRepository):
         still visible as pending, its successors are left out (the ``behind`` step; the
         check errs on the side of waiting). SQLite runs one writing statement at a time,
         so the statement sees every other claim either entirely or not at all.
+
+        ``scan_limit`` caps the due rows the pick reads (and, on PostgreSQL, locks): with
+        a few hot aggregates whose next rows all wait behind rows in flight, a claim
+        without it reads the whole backlog to find nothing.
         """
         connection = self._relay_connection()
         stale_before = now - timedelta(seconds=claim_timeout)
@@ -256,6 +261,7 @@ class DjangoOutboxRepository(OutboxRepository):
                       AND (claimed_at IS NULL OR claimed_at < %s)
                       AND {not_excluded}
                     ORDER BY id
+                    LIMIT %s
                     {lock}
                 ) AS c
                 WHERE NOT EXISTS (
@@ -287,7 +293,17 @@ class DjangoOutboxRepository(OutboxRepository):
             WHERE id IN (SELECT id FROM picked EXCEPT SELECT id FROM behind)
             RETURNING {columns}
         """
-        params = [*params_now, excluded_param, *params_now, limit, claimer, params_now[0]]
+        # LIMIT NULL (PostgreSQL) and LIMIT -1 (SQLite) mean no limit.
+        scan = scan_limit if scan_limit is not None else (None if postgresql else -1)
+        params = [
+            *params_now,
+            excluded_param,
+            scan,
+            *params_now,
+            limit,
+            claimer,
+            params_now[0],
+        ]
         with fast_read_cursor(connection) as cursor:
             cursor.execute(sql, params)
             rows = cursor.fetchall()
@@ -340,11 +356,18 @@ class DjangoOutboxRepository(OutboxRepository):
         now: datetime,
         claim_timeout: float,
         exclude_ids: Iterable[int] = (),
+        scan_limit: int | None = None,
     ) -> tuple[int, list[OutboxEntry]]:
         """Both steps in one short transaction: one commit instead of two."""
         with transaction.atomic(using=self.using):
             return super().mark_published_and_claim(
-                ids, claimer, limit, now=now, claim_timeout=claim_timeout, exclude_ids=exclude_ids
+                ids,
+                claimer,
+                limit,
+                now=now,
+                claim_timeout=claim_timeout,
+                exclude_ids=exclude_ids,
+                scan_limit=scan_limit,
             )
 
     def record_failures(
@@ -403,6 +426,18 @@ class DjangoOutboxRepository(OutboxRepository):
     def release(self, ids: Sequence[int]) -> None:
         if ids:
             self._rows().filter(id__in=ids).release()
+
+    supports_claim_renewal = True
+
+    def renew_claims(self, ids: Sequence[int], claimer: str, *, now: datetime) -> int:
+        if not ids:
+            return 0
+        return int(
+            self._rows()
+            .pending()
+            .filter(id__in=list(ids), claimed_by=claimer)
+            .update(claimed_at=now)
+        )
 
     def retry_failed(self, ids: Sequence[int] | None = None) -> int:
         rows = self._rows().failed()

@@ -16,9 +16,17 @@ transaction (one commit instead of two); a relay that stops gives that claim bac
 bus that publishes serialized events (Redis), the bus sends one batch while the relay
 marks the previous one and claims the next, so database and bus round trips overlap.
 
-A relay that dies between steps leaves its claim behind; another relay takes it over after
-``EVENTSOURCE_OUTBOX_CLAIM_TIMEOUT`` seconds. Delivery is therefore at-least-once: a
-consumer must treat ``event_id`` as its idempotency key.
+A claim is a lease of ``EVENTSOURCE_OUTBOX_CLAIM_LEASE`` seconds that a heartbeat thread
+of the live relay renews every third of the lease (never past
+``EVENTSOURCE_OUTBOX_CLAIM_TIMEOUT`` from the claim, so a relay stuck in a bus call lets
+go too). A relay that dies leaves its claim behind; another relay takes it over once the
+lease has run out. Delivery is therefore at-least-once: a consumer must treat
+``event_id`` as its idempotency key.
+
+The claim made ahead (while a batch is in flight) reads at most ``LOOK_AHEAD_SCAN``
+batches' worth of due rows: when a few hot aggregates fill the backlog, every row it
+meets waits for a row in flight, and an unbounded look-ahead would read the whole
+backlog only to find nothing.
 """
 
 from __future__ import annotations
@@ -26,12 +34,13 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 from django.utils import timezone
 
 from .. import tracing
@@ -67,6 +76,11 @@ class SerializedEventPublisher(Protocol):
     """
 
     def publish_serialized(self, events: Sequence[Mapping[str, Any]]) -> None: ...
+
+
+#: The claim made ahead examines at most this many batches' worth of due rows (``None``:
+#: no bound, the behaviour before the bound existed; kept for the benchmark's comparison).
+LOOK_AHEAD_SCAN: int | None = 4
 
 
 def _default_repository() -> OutboxRepository:
@@ -113,6 +127,71 @@ class OutboxRelay:
         #: the next call marks them while the bus works on its own batch).
         self._unmarked: list[int] = []
         self._executor: ThreadPoolExecutor | None = None
+        #: Rows this relay holds a claim on → when it claimed them (monotonic seconds),
+        #: renewed by the heartbeat thread.
+        self._held: dict[int, float] = {}
+        self._held_lock = threading.Lock()
+        self._heartbeat: threading.Thread | None = None
+        self._heartbeat_stop = threading.Event()
+
+    @property
+    def claim_timeout(self) -> float:
+        """Seconds after which another relay may take over a claim of this one.
+
+        The renewed lease when the repository can renew claims, else the claim timeout.
+        """
+        timeout = conf.OUTBOX_CLAIM_TIMEOUT
+        if self.repository.supports_claim_renewal:
+            return min(conf.OUTBOX_CLAIM_LEASE, timeout)
+        return timeout
+
+    def _hold(self, entries: Sequence[OutboxEntry]) -> None:
+        if not entries or not self.repository.supports_claim_renewal:
+            return
+        now = time.monotonic()
+        with self._held_lock:
+            for entry in entries:
+                self._held.setdefault(entry.id, now)
+        if self._heartbeat is None:
+            self._heartbeat_stop.clear()
+            self._heartbeat = threading.Thread(
+                target=self._beat, name="eventsource-relay-heartbeat", daemon=True
+            )
+            self._heartbeat.start()
+
+    def _let_go(self, ids: Sequence[int]) -> None:
+        with self._held_lock:
+            for outbox_id in ids:
+                self._held.pop(outbox_id, None)
+
+    def renew_claims(self) -> int:
+        """Renew the claims this relay holds (what the heartbeat does); returns how many.
+
+        A claim older than ``EVENTSOURCE_OUTBOX_CLAIM_TIMEOUT`` is no longer renewed.
+        """
+        oldest = time.monotonic() - conf.OUTBOX_CLAIM_TIMEOUT
+        with self._held_lock:
+            ids = [outbox_id for outbox_id, since in self._held.items() if since > oldest]
+        if not ids:
+            return 0
+        return self.repository.renew_claims(ids, self.name, now=timezone.now())
+
+    def _beat(self) -> None:
+        try:
+            while not self._heartbeat_stop.wait(self.claim_timeout / 3):
+                try:
+                    self.renew_claims()
+                except Exception:  # the next beat tries again; the lease covers two misses
+                    logger.warning("Outbox relay %s could not renew its claims", self.name)
+        finally:
+            # This thread's own database connections.
+            connections.close_all()
+
+    def _stop_heartbeat(self) -> None:
+        heartbeat, self._heartbeat = self._heartbeat, None
+        if heartbeat is not None:
+            self._heartbeat_stop.set()
+            heartbeat.join()
 
     def run_batch(self, exclude_ids: set[int] | None = None) -> tuple[RelayReport, int]:
         """Claim, publish and settle one batch; returns the report and the rows claimed.
@@ -131,9 +210,10 @@ class OutboxRelay:
                 self.name,
                 self.batch_size,
                 now=timezone.now(),
-                claim_timeout=conf.OUTBOX_CLAIM_TIMEOUT,
+                claim_timeout=self.claim_timeout,
                 exclude_ids=exclude_ids or (),
             )
+            self._hold(entries)
         if not entries:
             return report, 0
         sendable, failures, held = self._prepare(entries)
@@ -165,6 +245,7 @@ class OutboxRelay:
             report.published += self._mark(ids, claim_next=claim_next, exclude=exclude_ids)
         if held:
             self.repository.release([entry.id for entry in held])
+            self._let_go([entry.id for entry in held])
         if failures:
             now = timezone.now()
             give_up_after, max_attempts = conf.OUTBOX_GIVE_UP_AFTER, conf.OUTBOX_MAX_ATTEMPTS
@@ -175,6 +256,7 @@ class OutboxRelay:
             self._log_failures(
                 entries, failures, now, give_up_after=give_up_after, max_attempts=max_attempts
             )
+            self._let_go([f.id for f in failures])
             if exclude_ids is not None:
                 exclude_ids.update(f.id for f in failures)
         return report, len(entries)
@@ -188,12 +270,16 @@ class OutboxRelay:
         try:
             marked, self._unmarked = self._mark(self._unmarked, claim_next=False), []
         finally:
-            if self._claimed_ahead:
-                self.repository.release([entry.id for entry in self._claimed_ahead])
-            self._claimed_ahead = None
-            if self._executor is not None:
-                self._executor.shutdown()
-                self._executor = None
+            try:
+                if self._claimed_ahead:
+                    self.repository.release([entry.id for entry in self._claimed_ahead])
+                    self._let_go([entry.id for entry in self._claimed_ahead])
+                self._claimed_ahead = None
+                if self._executor is not None:
+                    self._executor.shutdown()
+                    self._executor = None
+            finally:
+                self._stop_heartbeat()
         return marked
 
     def _worker(self) -> ThreadPoolExecutor:
@@ -227,11 +313,14 @@ class OutboxRelay:
                 self.name,
                 self.batch_size,
                 now=now,
-                claim_timeout=conf.OUTBOX_CLAIM_TIMEOUT,
+                claim_timeout=self.claim_timeout,
                 exclude_ids=exclude or (),
+                scan_limit=None if LOOK_AHEAD_SCAN is None else LOOK_AHEAD_SCAN * self.batch_size,
             )
+            self._hold(self._claimed_ahead)
         else:
             marked = self.repository.mark_published_many(ids, now=now)
+        self._let_go(ids)
         if marked:
             logger.info(
                 "Outbox relay %s published %d rows",

@@ -91,12 +91,15 @@ class OutboxRepository(ABC):
         now: datetime,
         claim_timeout: float,
         exclude_ids: Iterable[int] = (),
+        scan_limit: int | None = None,
     ) -> list[OutboxEntry]:
         """Claim up to ``limit`` due pending rows for ``claimer`` and return them by id.
 
         A row is due when its ``next_attempt_at`` has passed and nobody holds it (or the
         holder's claim is older than ``claim_timeout`` seconds). A row is never claimed
         while an earlier version of the same aggregate is pending outside this claim.
+        ``scan_limit`` bounds how many due rows (in id order) are examined: a look-ahead
+        claim gives up early when the rows it meets all wait for earlier versions.
         """
 
     @abstractmethod
@@ -112,6 +115,7 @@ class OutboxRepository(ABC):
         now: datetime,
         claim_timeout: float,
         exclude_ids: Iterable[int] = (),
+        scan_limit: int | None = None,
     ) -> tuple[int, list[OutboxEntry]]:
         """``mark_published_many(ids)`` then ``claim_due(…)``: how many rows were marked,
         and the new claim.
@@ -121,9 +125,23 @@ class OutboxRepository(ABC):
         """
         marked = self.mark_published_many(ids, now=now)
         claimed = self.claim_due(
-            claimer, limit, now=now, claim_timeout=claim_timeout, exclude_ids=exclude_ids
+            claimer,
+            limit,
+            now=now,
+            claim_timeout=claim_timeout,
+            exclude_ids=exclude_ids,
+            scan_limit=scan_limit,
         )
         return marked, claimed
+
+    #: Whether ``renew_claims`` is implemented. A relay on a repository without it keeps
+    #: its claims for ``EVENTSOURCE_OUTBOX_CLAIM_TIMEOUT`` instead of a renewed lease.
+    supports_claim_renewal: bool = False
+
+    def renew_claims(self, ids: Sequence[int], claimer: str, *, now: datetime) -> int:
+        """Move the claim time of the pending rows of ``ids`` that ``claimer`` still holds
+        to ``now`` (the relay's heartbeat); returns how many rows were renewed."""
+        raise NotImplementedError(f"{type(self).__name__} cannot renew claims")
 
     @abstractmethod
     def record_failures(
@@ -265,12 +283,14 @@ class InMemoryOutboxRepository(OutboxRepository):
         now: datetime,
         claim_timeout: float,
         exclude_ids: Iterable[int] = (),
+        scan_limit: int | None = None,
     ) -> list[OutboxEntry]:
         stale_before = now - timedelta(seconds=claim_timeout)
         excluded = set(exclude_ids)
         with self._lock:
             claimed: list[OutboxEntry] = []
             blocked: set[tuple[str, UUID]] = set()
+            scanned = 0
             for outbox_id, entry in sorted(self._entries.items()):
                 if len(claimed) >= limit:
                     break
@@ -279,6 +299,10 @@ class InMemoryOutboxRepository(OutboxRepository):
                 stream = (entry.aggregate_type, entry.aggregate_id)
                 free = entry.claimed_at is None or entry.claimed_at < stale_before
                 due = entry.next_attempt_at is None or entry.next_attempt_at <= now
+                if free and due and outbox_id not in excluded:
+                    scanned += 1
+                    if scan_limit is not None and scanned > scan_limit:
+                        break
                 if stream in blocked or not free or not due or outbox_id in excluded:
                     # Everything later in this aggregate waits for this row.
                     blocked.add(stream)
@@ -346,6 +370,18 @@ class InMemoryOutboxRepository(OutboxRepository):
         with self._lock:
             for outbox_id in ids:
                 self._update(outbox_id, claimed_by="", claimed_at=None)
+
+    supports_claim_renewal = True
+
+    def renew_claims(self, ids: Sequence[int], claimer: str, *, now: datetime) -> int:
+        renewed = 0
+        with self._lock:
+            for outbox_id in ids:
+                entry = self._entries.get(outbox_id)
+                if entry is not None and entry.status == PENDING and entry.claimed_by == claimer:
+                    self._update(outbox_id, claimed_at=now)
+                    renewed += 1
+        return renewed
 
     def retry_failed(self, ids: Sequence[int] | None = None) -> int:
         with self._lock:

@@ -1,9 +1,10 @@
 """At most one runner per projection: advisory locks on PostgreSQL, leases elsewhere.
 
 On PostgreSQL a runner holds a session advisory lock per projection on a dedicated
-connection (which also LISTENs for new events); on other databases it holds a lease on
-the projection's ``Checkpoint`` row. Either way a runner that cannot take a projection
-skips it until it is free.
+connection (and LISTENs for new events on the events database); on other databases, and
+behind a transaction-mode pooler (``EVENTSOURCE_PROJECTION_LOCK = "lease"``), it holds a
+lease on the projection's ``Checkpoint`` row and polls. Either way a runner that cannot
+take a projection skips it until it is free.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
-from django.db import connections
+from django.db import connections, router
 from django.db.models import Q
 from django.utils import timezone
 
 from .._runtime import worker_id, worker_is_gone
 from ..conf import conf
 from ..exceptions import ProjectionBusyError
-from ..models import Checkpoint
+from ..models import Checkpoint, EventRecord
 from ..stores.django import NOTIFY_CHANNEL
 
 
@@ -67,24 +68,30 @@ class AdvisoryLocks(Exclusivity):
     The same connection LISTENs for the store's notifications to wake the loop.
     """
 
-    def __init__(self, using: str, listen: bool) -> None:
+    def __init__(self, using: str, listen: bool, listen_using: str | None = None) -> None:
         self.using = using
         self.listen = listen
+        # Appends notify on the events database, which may not be the checkpoints' one.
+        self.listen_using = listen_using or using
         self.held = set()
         self._conn: Any = None
+        self._listener: Any = None
 
     def _connection(self) -> Any:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            import psycopg
-
             self.held.clear()
-            params = connections[self.using].get_connection_params()
-            for key in ("cursor_factory", "context", "prepare_threshold"):
-                params.pop(key, None)
-            self._conn = psycopg.connect(**params, autocommit=True)
-            if self.listen:
+            self._conn = _dedicated(self.using)
+            if self.listen and self.listen_using == self.using:
                 self._conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
         return self._conn
+
+    def _listening(self) -> Any:
+        if self.listen_using == self.using:
+            return self._connection()
+        if self._listener is None or self._listener.closed or self._listener.broken:
+            self._listener = _dedicated(self.listen_using)
+            self._listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        return self._listener
 
     def acquire(self, name: str) -> bool:
         conn = self._connection()
@@ -107,7 +114,7 @@ class AdvisoryLocks(Exclusivity):
         if not self.listen:
             stop_event.wait(timeout)
             return
-        conn = self._connection()
+        conn = self._listening()
         deadline = time.monotonic() + timeout
         while not stop_event.is_set():
             remaining = deadline - time.monotonic()
@@ -119,9 +126,21 @@ class AdvisoryLocks(Exclusivity):
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
+        listener, self._listener = self._listener, None
         self.held.clear()
-        if conn is not None and not conn.closed:
-            conn.close()
+        for dedicated in (conn, listener):
+            if dedicated is not None and not dedicated.closed:
+                dedicated.close()
+
+
+def _dedicated(using: str) -> Any:
+    """A psycopg connection of its own (autocommit) to the database ``using``."""
+    import psycopg
+
+    params = connections[using].get_connection_params()
+    for key in ("cursor_factory", "context", "prepare_threshold"):
+        params.pop(key, None)
+    return psycopg.connect(**params, autocommit=True)
 
 
 class Leases(Exclusivity):
@@ -169,9 +188,16 @@ class Leases(Exclusivity):
 
 
 def exclusivity_for(using: str, listen: bool) -> Exclusivity:
-    """Advisory locks when ``using`` is PostgreSQL (LISTENing when ``listen``), else leases."""
-    if connections[using].vendor == "postgresql":
-        return AdvisoryLocks(using, listen=listen)
+    """Advisory locks when ``using`` is PostgreSQL, else leases (and always with
+    ``EVENTSOURCE_PROJECTION_LOCK = "lease"``, for transaction-mode poolers).
+
+    With ``listen``, advisory locks LISTEN on the events database when it is PostgreSQL;
+    leases poll.
+    """
+    if connections[using].vendor == "postgresql" and conf.PROJECTION_LOCK != "lease":
+        events = router.db_for_write(EventRecord)
+        listen = listen and connections[events].vendor == "postgresql"
+        return AdvisoryLocks(using, listen=listen, listen_using=events)
     return Leases(using)
 
 

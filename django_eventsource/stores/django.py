@@ -94,8 +94,13 @@ class DjangoEventStore(EventStore):
         return self.using or router.db_for_write(EventRecord)
 
     def db_for_read(self) -> str:
-        """The database alias reads come from."""
-        return self.using or router.db_for_read(EventRecord)
+        """The database alias reads come from: the one appends go to.
+
+        Never a router's read replica: a standby lags, and cannot see the primary's open
+        transactions, so a safe mark read there can pass an uncommitted position (the
+        event is then skipped for good), and a stream loaded there for a save is stale.
+        """
+        return self.db_for_write()
 
     def atomic(self) -> contextlib.AbstractContextManager[Any]:
         """``transaction.atomic`` on the write database."""

@@ -47,8 +47,13 @@ class Command(BaseCommand):
         if verbosity >= 1:
             cfg = bus.config
             until = "until the stream is drained" if options["once"] else "until Ctrl+C/SIGTERM"
+            streams = (
+                cfg.stream_name
+                if cfg.partitions == 1
+                else f"{cfg.stream_name}:0..{cfg.partitions - 1} (one partition at a time each)"
+            )
             self.stdout.write(
-                f"Consuming {cfg.stream_name} as {cfg.consumer_group}/{cfg.consumer_name} "
+                f"Consuming {streams} as {cfg.consumer_group}/{cfg.consumer_name} "
                 f"with {subscriptions} subscription(s), {until}."
             )
         try:

@@ -223,6 +223,13 @@ class RedisNotAvailableError(EventBusError, ImportError):
         )
 
 
+class SegmentCountMismatchError(EventSourceError):
+    """A projection's ``segments`` differs from the segment count of its checkpoints.
+
+    Run ``manage.py resize_projection NAME`` to move the checkpoints to the new count.
+    """
+
+
 __all__ = [
     "AggregateNotFoundError",
     "CheckpointError",
@@ -240,6 +247,7 @@ __all__ = [
     "ProjectionBusyError",
     "ProjectionError",
     "RedisNotAvailableError",
+    "SegmentCountMismatchError",
     "SerializationError",
     "UnhandledEventError",
     "UnknownProjectionError",

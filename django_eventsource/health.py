@@ -77,7 +77,13 @@ def _projection_names() -> list[str]:
                 declared = cls().name
             except Exception:
                 declared = None
-        names.append(declared if isinstance(declared, str) else cls.__name__)
+        name = declared if isinstance(declared, str) else cls.__name__
+        # A segmented projection's checkpoints are its units' (projections/segments.py).
+        segments = getattr(cls, "segments", 1)
+        if isinstance(segments, int) and segments > 1:
+            names.extend(f"{name}#{index}/{segments}" for index in range(segments))
+        else:
+            names.append(name)
     return names
 
 

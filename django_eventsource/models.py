@@ -13,6 +13,8 @@ from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from .partitioning import event_bucket
+
 
 class EventRecord(models.Model):
     """One stored event. ``position`` is the global, gap-tolerant order of all events."""
@@ -35,6 +37,13 @@ class EventRecord(models.Model):
     recorded_at = models.DateTimeField(_("recorded at"), db_default=Now())
     payload = models.JSONField(_("payload"), default=dict)
     metadata = models.JSONField(_("metadata"), default=dict, blank=True)
+    # Segmented projections: event_bucket(aggregate_id), written by the store at append.
+    bucket = models.PositiveSmallIntegerField(
+        _("bucket"),
+        db_default=0,
+        editable=False,
+        help_text=_("Stable hash of the aggregate id (0-255) that segmented projections split on."),
+    )
 
     class Meta:
         db_table = "eventsource_event"
@@ -53,6 +62,7 @@ class EventRecord(models.Model):
             models.Index(fields=["tenant_id", "position"], name="es_event_tenant_pos_idx"),
             models.Index(fields=["correlation_id"], name="es_event_correlation_idx"),
             models.Index(fields=["occurred_at"], name="es_event_occurred_idx"),
+            models.Index(fields=["position", "bucket"], name="es_event_pos_bucket_idx"),
         ]
 
     def __str__(self) -> str:
@@ -60,6 +70,11 @@ class EventRecord(models.Model):
             f"#{self.position} {self.event_type} "
             f"{self.aggregate_type}:{self.aggregate_id} v{self.aggregate_version}"
         )
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # The store writes the bucket itself; this covers rows saved through the ORM.
+        self.bucket = event_bucket(self.aggregate_id)
+        super().save(*args, **kwargs)
 
     @property
     def stream_id(self) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 
-__all__ = ["stable_bucket"]
+__all__ = ["EVENT_BUCKETS", "event_bucket", "stable_bucket"]
 
 
 def stable_bucket(key: str, buckets: int) -> int:
@@ -29,3 +29,13 @@ def stable_bucket(key: str, buckets: int) -> int:
         return 0
     digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % buckets
+
+
+#: How many buckets events are spread over (by aggregate id), stored with each event
+#: for segmented projections.
+EVENT_BUCKETS = 256
+
+
+def event_bucket(aggregate_id: object) -> int:
+    """The stored ``bucket`` of an event of aggregate ``aggregate_id`` (0 to 255)."""
+    return stable_bucket(str(aggregate_id), EVENT_BUCKETS)

@@ -40,16 +40,19 @@ def _task(**options: Any) -> Callable[[F], F]:
 
 @_task(name="django_eventsource.tasks.run_projections", ignore_result=False)
 def run_projections(
-    projections: list[str] | None = None, batch_size: int | None = None
+    projections: list[str] | None = None,
+    batch_size: int | None = None,
+    max_units: int | None = None,
 ) -> dict[str, Any]:
     """One catch-up pass of the projections (``run_projections --once``).
 
     Returns the events read per projection and the number dead-lettered. A projection
     another worker is already running is skipped, so overlapping beats are harmless.
+    ``projections`` may name units of segmented projections (``"Name#2/4"``).
     """
     from .projections.runner import run_projections as run
 
-    summary = run(projections, once=True, batch_size=batch_size)
+    summary = run(projections, once=True, batch_size=batch_size, max_units=max_units)
     return {"processed": summary.processed, "dead_lettered": summary.dead_lettered}
 
 
@@ -90,6 +93,32 @@ class _Logged:
             rate,
             extra={"projection": self.name, "replayed": replayed, "total": total},
         )
+
+
+@_task(name="django_eventsource.tasks.dispatch_projections", ignore_result=False)
+def dispatch_projections(
+    projections: list[str] | None = None, batch_size: int | None = None
+) -> list[str]:
+    """Queue one ``run_projections`` task per unit (or whole projection); the names queued.
+
+    Schedule this with beat instead of ``run_projections`` to spread a segmented
+    projection's units over the workers (route ``run_projections`` to its own queue).
+    """
+    from .projections.segments import load_units
+
+    names = [unit.name for unit in load_units(projections)]
+    for name in names:
+        _send(run_projections, [name], batch_size)
+    return names
+
+
+def _send(task: Any, *args: Any) -> None:
+    """``task.delay(*args)`` under Celery; a plain call where Celery is not installed."""
+    delay = getattr(task, "delay", None)
+    if delay is None:  # pragma: no cover - without Celery the task is a plain function
+        task(*args)
+    else:
+        delay(*args)
 
 
 @_task(name="django_eventsource.tasks.retry_dead_letters", ignore_result=False)
@@ -146,6 +175,7 @@ def recover_pending_events(group: str | None = None) -> dict[str, int]:
 
 
 __all__ = [
+    "dispatch_projections",
     "publish_outbox",
     "rebuild_projection",
     "recover_pending_events",

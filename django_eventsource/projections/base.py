@@ -109,6 +109,11 @@ class Projection(ABC):
     #: ``EVENTSOURCE_PROJECTIONS``.
     inline: ClassVar[bool] = False
 
+    #: Split the projection into this many units by a stable hash of the aggregate id, each
+    #: with its own checkpoint and lock, run in parallel (see ``projections/segments.py``).
+    #: Only for projections whose state is per aggregate; change it with ``resize_projection``.
+    segments: ClassVar[int] = 1
+
     @property
     def name(self) -> str:
         """The checkpoint and dead-letter key; defaults to the class name."""

@@ -91,7 +91,7 @@ def _locked_checkpoint(name: str, using: str) -> tuple[int, int, bool]:
 
 
 def _read_batch(
-    ctx: BatchContext, position: int
+    ctx: BatchContext, position: int, buckets: tuple[int, int] | None = None
 ) -> tuple[list[StoredEvent], EventSourceError | None]:
     """The next events after ``position``, and the error that cut the batch short, if any.
 
@@ -99,7 +99,8 @@ def _read_batch(
     """
     events: list[StoredEvent] = []
     try:
-        for stored in ctx.store.read_all(ReadOptions(from_position=position, limit=ctx.batch_size)):
+        options = ReadOptions(from_position=position, limit=ctx.batch_size, buckets=buckets)
+        for stored in ctx.store.read_all(options):
             events.append(stored)
     except EventSourceError as exc:
         return events, exc
@@ -126,7 +127,8 @@ def run_batch(projection: Projection, ctx: BatchContext) -> BatchResult:
         position, streak, paused = _locked_checkpoint(name, ctx.using)
         if paused:
             return BatchResult(0, 0, 0, position, position, paused=True)
-        batch, read_error = _read_batch(ctx, position)
+        # A unit of a segmented projection reads only its buckets (projections/segments.py).
+        batch, read_error = _read_batch(ctx, position, getattr(projection, "segment_buckets", None))
         if not batch and read_error is None:
             return BatchResult(0, 0, 0, position, position)
         sequencing = Sequencing.load(projection, ctx.dead_letters, streak)
@@ -470,7 +472,8 @@ def _handle_unreadable(
     """
     if not isinstance(ctx.store, DjangoEventStore):
         raise error  # only the Django store can hand over an event it cannot deserialize
-    row = ctx.store.first_raw_event_after(after)
+    # A unit of a segmented projection looks only at its buckets (projections/segments.py).
+    row = ctx.store.first_raw_event_after(after, getattr(projection, "segment_buckets", None))
     if row is None:
         raise error
     position = int(row["position"])

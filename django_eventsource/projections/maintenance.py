@@ -24,8 +24,8 @@ from .base import Projection, RetryPolicy, apply_with_retries
 from .batch import BatchResult
 from .dead_letters import describe_error
 from .django_checkpoints import DjangoCheckpointRepository
-from .exclusivity import exclusive
 from .runner import Progress, RunSummary, batch_context, checkpoint_db, drain, load_projections
+from .segments import base_projection_name, clear_unit_checkpoints, holding, units_of
 
 logger = logging.getLogger("django_eventsource")
 
@@ -80,8 +80,11 @@ def reset_projection(
     """
     (projection,) = load_projections([name])
     using = checkpoint_db()
-    summary = RunSummary(processed={projection.name: 0})
-    with exclusive(projection.name, using) as guard:
+    # A segmented projection is reset once and rebuilt unit by unit (segments.py).
+    units = units_of(projection)
+    summary = RunSummary(processed={unit.name: 0 for unit in units})
+    names = list(dict.fromkeys([projection.name, *(unit.name for unit in units)]))
+    with holding(names, using) as guard:
         with transaction.atomic(using=using):
             # Locked first, as a batch does: an inline projection's save waits for the
             # reset to commit, then finds the checkpoint rewound and leaves its events to
@@ -92,8 +95,11 @@ def reset_projection(
             # clears its own repository, usually an in-memory one; when that is this very
             # row the rewind below is a no-op UPDATE, and skipping it would lose the reset
             # for overrides that do not call super().reset().
-            DjangoCheckpointRepository(using).reset_checkpoint(projection.name)
-            DeadLetter.objects.using(using).open().for_projection(projection.name).update(
+            for checkpoint_name in names:
+                DjangoCheckpointRepository(using).reset_checkpoint(checkpoint_name)
+            clear_unit_checkpoints(projection.name, using, keep=names)
+            # A segmented projection's dead letters are its units' (segments.py).
+            DeadLetter.objects.using(using).open().filter(projection_name__in=names).update(
                 status=DeadLetter.Status.RESOLVED,
                 parked=False,
                 resolved_at=timezone.now(),
@@ -112,16 +118,17 @@ def reset_projection(
                 if on_progress is not None:
                     on_progress(replayed, total)
 
-            drain(
-                projection,
-                ctx,
-                summary,
-                threading.Event(),
-                progress,
-                guard,
-                target=target,
-                on_batch=report,
-            )
+            for unit in units:
+                drain(
+                    unit,
+                    ctx,
+                    summary,
+                    threading.Event(),
+                    progress,
+                    guard,
+                    target=target,
+                    on_batch=report,
+                )
     return summary
 
 
@@ -139,9 +146,11 @@ def resume_projection(name: str) -> bool:
     """
     (projection,) = load_projections([name])
     using = checkpoint_db()
+    # A segmented projection pauses unit by unit (segments.py): resume them all.
+    names = [projection.name, *(unit.name for unit in units_of(projection))]
     resumed = (
         Checkpoint.objects.using(using)
-        .for_projection(projection.name)
+        .filter(projection_name__in=names)
         .filter(paused_at__isnull=False)
         .update(paused_at=None, failure_streak=0, last_error="")
     )
@@ -207,14 +216,17 @@ def retry_dead_letters(
     else:
         selected = list(rows.heads().order_by("global_position", "id"))
     if projection is not None:
-        selected = [row for row in selected if row.projection_name == projection]
+        # A unit's dead letters ("Name#2/4") belong to its projection (segments.py).
+        selected = [
+            row for row in selected if base_projection_name(row.projection_name) == projection
+        ]
     sequences: dict[tuple[str, str | int], DeadLetter] = {}
     for row in selected:
         sequences.setdefault((row.projection_name, row.sequence_key or row.pk), row)
     total = sum(_sequence(using, row).count() for row in sequences.values())
     done = 0
     for row in sequences.values():
-        target = configured.get(row.projection_name)
+        target = configured.get(base_projection_name(row.projection_name))
         if target is None:
             report.failed += 1
             report.errors[row.pk] = f"Projection {row.projection_name!r} is not configured"

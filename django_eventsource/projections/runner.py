@@ -33,6 +33,7 @@ from .batch import BatchContext, BatchResult, run_batch
 from .django_checkpoints import DjangoCheckpointRepository
 from .django_dead_letters import DjangoDLQRepository
 from .exclusivity import Exclusivity, exclusivity_for
+from .segments import UnitClaims, check_segment_counts, load_units
 
 logger = logging.getLogger("django_eventsource")
 
@@ -177,6 +178,7 @@ def run_projections(
     stop_event: threading.Event | None = None,
     store: EventStore | None = None,
     progress: Progress | None = None,
+    max_units: int | None = None,
 ) -> RunSummary:
     """Catch the projections up, then (unless ``once``) keep following new events.
 
@@ -188,11 +190,16 @@ def run_projections(
     paused one until it is resumed. Setting ``stop_event`` (SIGTERM/SIGINT in the
     command) ends the batch in progress early, committing up to the last event fully
     dealt with. Lost database connections are logged and retried with backoff.
+
+    A segmented projection (``segments = N``) is run as its N units: at most
+    ``max_units`` of them with work per pass, each given back once caught up.
     """
-    projections = load_projections(names)
+    projections = load_units(names)  # segmented projections become their units
     stop_event = stop_event or threading.Event()
     interval = conf.POLL_INTERVAL if poll_interval is None else float(poll_interval)
     using = checkpoint_db()
+    check_segment_counts(projections, using)
+    claims = UnitClaims(max_units)
     ctx = batch_context(using, store, batch_size)
     summary = RunSummary(processed={p.name: 0 for p in projections})
     guard = exclusivity_for(using, listen=not once)
@@ -200,7 +207,7 @@ def run_projections(
     try:
         while not stop_event.is_set():
             try:
-                for projection in projections:
+                for projection in claims.this_pass(projections):
                     if stop_event.is_set():
                         break
                     if not guard.acquire(projection.name):
@@ -212,7 +219,11 @@ def run_projections(
                         if projection.name not in summary.skipped:
                             summary.skipped.append(projection.name)
                         continue
+                    before = summary.processed.get(projection.name, 0)
                     drain(projection, ctx, summary, stop_event, progress, guard)
+                    # Units are given back when caught up, so other runners can take them.
+                    after = summary.processed.get(projection.name, 0)
+                    claims.done(projection, projections, guard, after - before, ctx)
                 failures = 0
                 if once:
                     break

@@ -138,14 +138,21 @@ class GapTracker:
         return [blocker for _, blocker in _parse_blockers(blockers)]
 
     @staticmethod
-    def first_row_after(alias: str, position: int, *, ceiling: int) -> Mapping[str, Any] | None:
+    def first_row_after(
+        alias: str, position: int, *, ceiling: int, buckets: tuple[int, int] | None = None
+    ) -> Mapping[str, Any] | None:
         """The raw row of the first event in ``(position, ceiling]``, not deserialized.
 
         Ids that are not UUIDs and a payload that is not JSON come back as stored.
+        ``buckets`` keeps to one unit's buckets (segmented projections).
         """
         conn = connections[alias]
         q = _Sql.get(conn)
         pos = q.c("position")
+        where, params = f"{pos} > %s", [position]
+        if buckets is not None:  # one unit of a segmented projection
+            where += f" AND {q.c('bucket')} >= %s AND {q.c('bucket')} < %s"
+            params += buckets
         with conn.cursor() as cursor:
             # A raw cursor, not the ORM: its converters would fail on the very values
             # that make the row unreadable.
@@ -155,8 +162,8 @@ class GapTracker:
             # up to the ceiling).
             cursor.execute(
                 f"SELECT {q.cols(*_RAW_COLUMNS)} FROM {q.table} "
-                f"WHERE {pos} > %s ORDER BY {pos} LIMIT 1",
-                [position],
+                f"WHERE {where} ORDER BY {pos} LIMIT 1",
+                params,
             )
             found = cursor.fetchone()
         if found is None or found[0] > ceiling:

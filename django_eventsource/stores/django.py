@@ -460,17 +460,20 @@ class DjangoEventStore(EventStore):
         """
         return self._high_water_mark(self.db_for_read(), after=0)[0]
 
-    def first_raw_event_after(self, position: int) -> Mapping[str, Any] | None:
+    def first_raw_event_after(
+        self, position: int, buckets: tuple[int, int] | None = None
+    ) -> Mapping[str, Any] | None:
         """The stored row of the first event after ``position``, not deserialized.
 
         Its envelope columns and ``payload``, for a reader that must deal with an event
         ``read_all`` cannot turn back into a ``DomainEvent`` (the projection runner
         dead-letters it). Like ``read_all``, it never looks past the safe high-water mark.
         Ids that are not UUIDs and a payload that is not JSON come back as the stored text.
+        ``buckets`` (``(low, high)``) keeps to the events of one unit of a segmented projection.
         """
         check_position(position, "position")
         return self._gaps.first_row_after(
-            self.db_for_read(), position, ceiling=self.safe_high_water_mark()
+            self.db_for_read(), position, ceiling=self.safe_high_water_mark(), buckets=buckets
         )
 
     def get_reader_blockers(self) -> list[ReaderBlocker]:

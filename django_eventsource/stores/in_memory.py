@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 from ..events.base import DomainEvent
+from ..partitioning import event_bucket
 from .interface import (
     AppendResult,
     EventStore,
@@ -195,6 +196,10 @@ def _select(
         if options.tenant_id is not None and stored.event.tenant_id != options.tenant_id:
             continue
         if not _in_window(stored.event, options.from_timestamp, options.to_timestamp):
+            continue
+        if options.buckets is not None and not (
+            options.buckets[0] <= event_bucket(stored.event.aggregate_id) < options.buckets[1]
+        ):
             continue
         count += 1
         yield stored

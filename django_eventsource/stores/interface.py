@@ -54,6 +54,9 @@ class ReadOptions:
     from_timestamp: datetime | None = None
     to_timestamp: datetime | None = None
     tenant_id: UUID | None = None
+    #: Only events whose bucket (``partitioning.event_bucket`` of the aggregate id) is in
+    #: ``[low, high)``: what one unit of a segmented projection reads.
+    buckets: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         # Checked here so that every store rejects the same bad input the same way,
@@ -83,6 +86,8 @@ class ReadOptions:
                 raise InvalidReadOptionsError(
                     f"{name} must be a timezone-aware datetime, got {value!r}"
                 )
+        if self.buckets is not None:
+            _check_buckets(self.buckets)
         if self.tenant_id is not None and not isinstance(self.tenant_id, UUID):
             try:
                 object.__setattr__(self, "tenant_id", UUID(str(self.tenant_id)))
@@ -90,6 +95,22 @@ class ReadOptions:
                 raise InvalidReadOptionsError(
                     f"tenant_id must be a UUID, got {self.tenant_id!r}"
                 ) from None
+
+
+def _check_buckets(buckets: object) -> None:
+    from ..exceptions import InvalidReadOptionsError
+    from ..partitioning import EVENT_BUCKETS
+
+    if not (
+        isinstance(buckets, tuple)
+        and len(buckets) == 2
+        and all(_is_int(b) for b in buckets)
+        and 0 <= buckets[0] < buckets[1] <= EVENT_BUCKETS
+    ):
+        raise InvalidReadOptionsError(
+            f"buckets must be a (low, high) pair with 0 <= low < high <= {EVENT_BUCKETS}, "
+            f"got {buckets!r}"
+        )
 
 
 def _is_int(value: object) -> bool:

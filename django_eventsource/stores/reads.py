@@ -49,6 +49,9 @@ def option_filters(q: _Sql, where: list[str], params: list[Any], opts: ReadOptio
         where.append(f"{q.c('tenant_id')} = %s")
         params.append(q.uuid_to_db(coerce_uuid(opts.tenant_id, "tenant_id")))
     time_filters(q, where, params, opts.from_timestamp, opts.to_timestamp)
+    if opts.buckets is not None:  # one unit of a segmented projection
+        where.append(f"{q.c('bucket')} >= %s AND {q.c('bucket')} < %s")
+        params.extend(opts.buckets)
 
 
 def windowed(

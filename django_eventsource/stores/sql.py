@@ -35,6 +35,7 @@ _INSERT_COLUMNS = (
     "occurred_at",
     "payload",
     "metadata",
+    "bucket",  # segmented projections: models.event_bucket(aggregate_id)
 )
 
 #: Columns read to rebuild a ``StoredEvent``, in order.

@@ -18,6 +18,7 @@ from django.db.backends.utils import CursorWrapper
 from ..events.base import DomainEvent
 from ..events.serialization import OutboxRowValues, outbox_row_values
 from ..models import OutboxMessage
+from ..partitioning import event_bucket
 from .sql import _INSERT_COLUMNS, _as_uuid, _Sql
 from .validation import storable_event_json
 
@@ -175,7 +176,10 @@ def _insert_postgres(
     documents = []
     for e in events:
         payload, metadata = storable_event_json(e)
-        documents.append(f"[{e.model_dump_json()},{payload},{metadata}]")
+        # The fourth element: the bucket of segmented projections.
+        documents.append(
+            f"[{e.model_dump_json()},{payload},{metadata},{event_bucket(e.aggregate_id)}]"
+        )
     sql, params = _postgres_append_statement(q, cursor.db, outbox)
     cursor.execute(sql, ["[" + ",".join(documents) + "]", *params])
     return int(cursor.fetchone()[0])
@@ -197,6 +201,7 @@ _FROM_DOCUMENT = {
     "occurred_at": "(d->>'occurred_at')::timestamptz",
     "payload": "payload",
     "metadata": "metadata",
+    "bucket": "bucket",  # segmented projections: partitioning.event_bucket(aggregate_id)
     "event_data": "d",
 }
 
@@ -216,7 +221,8 @@ def _postgres_append_statement(
     # Versions are contiguous within an append: their order is the events' order.
     order = f"ORDER BY {_FROM_DOCUMENT['aggregate_version']}"
     ctes = [
-        "batch AS MATERIALIZED (SELECT r->0 AS d, r->1 AS payload, r->2 AS metadata "
+        "batch AS MATERIALIZED (SELECT r->0 AS d, r->1 AS payload, r->2 AS metadata, "
+        "(r->>3)::smallint AS bucket "
         "FROM jsonb_array_elements(%s::jsonb) AS r)",
         f"inserted AS (INSERT INTO {q.table} ({q.insert_columns}) SELECT {source} "
         f"FROM batch {order} RETURNING {pos})",
@@ -274,6 +280,7 @@ def _insert_chunks(q: _Sql, cursor: CursorWrapper, events: list[DomainEvent]) ->
                 dt_db(e.occurred_at),
                 json_db(payload),
                 json_db(metadata),
+                event_bucket(e.aggregate_id),  # segmented projections
             )
         values = ", ".join([q.row_placeholder] * len(chunk))
         cursor.execute(

@@ -13,7 +13,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ..._runtime import stop_on_signals
-from ...exceptions import UnknownProjectionError
+from ...exceptions import SegmentCountMismatchError, UnknownProjectionError
 from ...models import Checkpoint, EventRecord
 from ...projections.runner import load_projections, run_projections
 from ..exit_codes import PROBLEM
@@ -81,6 +81,11 @@ class Command(BaseCommand):
             type=float,
             help="Seconds between polls when idle (default EVENTSOURCE_POLL_INTERVAL).",
         )
+        parser.add_argument(
+            "--max-units",
+            type=int,
+            help="Units of segmented projections to work on per pass (default: every free one).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         batch_size = options["batch_size"]
@@ -89,6 +94,9 @@ class Command(BaseCommand):
         poll_interval = options["poll_interval"]
         if poll_interval is not None and poll_interval < 0:
             raise CommandError("--poll-interval cannot be negative")
+        max_units = options["max_units"]
+        if max_units is not None and max_units < 1:
+            raise CommandError("--max-units must be at least 1")
         verbosity = int(options["verbosity"])
         once = bool(options["once"])
         stop_event = threading.Event()
@@ -129,8 +137,9 @@ class Command(BaseCommand):
                     poll_interval=poll_interval,
                     stop_event=stop_event,
                     progress=progress,
+                    max_units=max_units,
                 )
-        except UnknownProjectionError as exc:
+        except (UnknownProjectionError, SegmentCountMismatchError) as exc:
             raise CommandError(str(exc)) from exc
         if display.done:
             catch_up.finish()  # a no-op when the catch-up already finished it

@@ -70,8 +70,8 @@ class RawFold:
             )
             cur.execute(
                 "INSERT INTO eventsource_checkpoint (projection_name, position, last_event_type, "
-                "events_processed, updated_at, lease_owner) "
-                f"VALUES ({ph}, 0, '', 0, CURRENT_TIMESTAMP, '')",
+                "events_processed, updated_at, lease_owner, failure_streak, last_error) "
+                f"VALUES ({ph}, 0, '', 0, CURRENT_TIMESTAMP, '', 0, '')",
                 [RAW_NAME],
             )
 

@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -27,12 +26,12 @@ from django_eventsource import DjangoEventStore, ExpectedVersion
 from django_eventsource.models import Checkpoint, EventRecord
 from tests.conftest import REQUIRE_SERVICES
 from tests.factories import account_history
+from tests.processes import start_run_projections
 from tests.services import free_port, wait_for_port
 from tests.testapp.models import HandledEvent
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-ROOT = Path(__file__).resolve().parent.parent
 PROJECTION = "tests.testapp.projections.AccountSummaryProjection"
 NAME = "AccountSummaryProjection"
 
@@ -141,13 +140,7 @@ def test_runners_through_transaction_pooling_share_one_projection_and_leave_no_l
     }
 
     def runner(*args: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "manage.py", "run_projections", "--verbosity", "0", *args],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        return start_run_projections(env, *args)
 
     total = _save_accounts(100)
     first, second = runner(), runner()

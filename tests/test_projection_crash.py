@@ -8,14 +8,11 @@ up as a difference from a replay of the store.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from decimal import Decimal
-from pathlib import Path
 from uuid import UUID, uuid4
 
 import pytest
@@ -23,30 +20,18 @@ from django.db import connection
 
 from django_eventsource import DjangoEventStore, DomainEvent, ExpectedVersion
 from django_eventsource.models import Checkpoint
+from tests.processes import runner_env, start_run_projections
 from tests.testapp.domain import AccountOpened, MoneyDeposited
 from tests.testapp.models import AccountSummary
 from tests.testapp.projections import TALLY
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-ROOT = Path(__file__).resolve().parent.parent
 NAME = "TallyProjection"
 
 
 def start_runner(*args: str) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "EVENTSOURCE_TEST_DB_NAME": str(connection.settings_dict["NAME"]),
-        "EVENTSOURCE_TEST_PROJECTIONS": TALLY,
-    }
-    return subprocess.Popen(
-        [sys.executable, "manage.py", "run_projections", "--verbosity", "0", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    return start_run_projections(runner_env(TALLY), *args)
 
 
 def position() -> int:

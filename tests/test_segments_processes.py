@@ -11,10 +11,8 @@ up the others: the tests that need two runners inside batches at once are Postgr
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,31 +22,19 @@ from django.db import connection
 
 from django_eventsource import DjangoEventStore
 from django_eventsource.models import Checkpoint, DeadLetter, EventRecord
+from tests.processes import runner_env, start_run_projections
 from tests.test_segments import append_accounts, assert_exact
 from tests.testapp.segmented import SEGMENTED
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def start_runner(*args: str, gate: Path | None = None) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "EVENTSOURCE_TEST_DB_NAME": str(connection.settings_dict["NAME"]),
-        "EVENTSOURCE_TEST_PROJECTIONS": SEGMENTED,
-    }
+    env = runner_env(SEGMENTED)
     env.pop("EVENTSOURCE_TEST_GATE", None)
     if gate is not None:
         env["EVENTSOURCE_TEST_GATE"] = str(gate)
-    return subprocess.Popen(
-        [sys.executable, "manage.py", "run_projections", "--verbosity", "0", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    return start_run_projections(env, *args)
 
 
 def handled() -> int:

@@ -7,27 +7,24 @@ it handled, so the signal is sent while a long batch is in progress.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from decimal import Decimal
 from pathlib import Path
 from uuid import uuid4
 
 import pytest
-from django.db import connection
 
 from django_eventsource import DjangoEventStore, DomainEvent, ExpectedVersion
 from django_eventsource.models import Checkpoint
+from tests.processes import runner_env, start_run_projections
 from tests.testapp.domain import AccountOpened, MoneyDeposited
 from tests.testapp.models import HandledEvent
 from tests.testapp.sequenced import SLOW
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-ROOT = Path(__file__).resolve().parent.parent
 #: From SIGTERM to exit: the event being handled (1 s), the commit and the exit. Measured
 #: at 1.1-1.5 s; the bound leaves room for a loaded machine, and without a prompt stop the
 #: batch would take another 28 s. The exact check is the count: at most the one event
@@ -36,21 +33,8 @@ STOP_WITHIN_SECONDS = 3.0
 
 
 def start_runner(marker: Path, sleep: float, *args: str) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "EVENTSOURCE_TEST_DB_NAME": str(connection.settings_dict["NAME"]),
-        "EVENTSOURCE_TEST_PROJECTIONS": SLOW,
-        "SEQUENCED_SLEEP": str(sleep),
-        "SEQUENCED_MARKER": str(marker),
-    }
-    return subprocess.Popen(
-        [sys.executable, "manage.py", "run_projections", "--verbosity", "0", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    env = runner_env(SLOW, SEQUENCED_SLEEP=str(sleep), SEQUENCED_MARKER=str(marker))
+    return start_run_projections(env, *args)
 
 
 def wait_for_marker(marker: Path, runner: subprocess.Popen[bytes], at_least: int) -> None:

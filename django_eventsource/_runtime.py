@@ -10,6 +10,7 @@ when they are called.
 from __future__ import annotations
 
 import functools
+import gc
 import importlib
 import inspect
 import os
@@ -80,6 +81,39 @@ def run_to_completion(result: Any) -> Any:
 def call_handler(func: Callable[..., Any], *args: Any) -> Any:
     """Call a sync or ``async`` handler from sync code and return its result."""
     return run_to_completion(func(*args))
+
+
+_collector_lock = threading.Lock()
+_collector_pauses = 0
+_collector_paused_here = False
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Hold Python's cyclic garbage collector off while a page of events is built.
+
+    A page keeps thousands of new objects alive at once (events, their fields, their
+    ``StoredEvent`` wrappers), and every few hundred allocations the collector walks
+    them all again, which made reading a page of 5,000 events a third slower. Nothing
+    in a page forms a reference cycle, so nothing is left for the collector to find;
+    it runs again as soon as the outermost pause ends. Nested and concurrent pauses
+    share one count; a collector that was already disabled stays disabled.
+    """
+    global _collector_pauses, _collector_paused_here
+    with _collector_lock:
+        if _collector_pauses == 0:
+            _collector_paused_here = gc.isenabled()
+            if _collector_paused_here:
+                gc.disable()
+        _collector_pauses += 1
+    try:
+        yield
+    finally:
+        with _collector_lock:
+            _collector_pauses -= 1
+            if _collector_pauses == 0 and _collector_paused_here:
+                _collector_paused_here = False
+                gc.enable()
 
 
 @contextmanager

@@ -140,6 +140,19 @@ class Projection(ABC):
         wanted = self.subscribed_to()
         return not wanted or isinstance(event, tuple(wanted))
 
+    def interest_filter(self) -> Callable[[DomainEvent], bool]:
+        """``is_interested_in``, for a whole batch.
+
+        The subscribed classes are read once, unless a subclass decides per event (it
+        overrides ``is_interested_in``).
+        """
+        if type(self).is_interested_in is not Projection.is_interested_in:
+            return self.is_interested_in
+        wanted = tuple(self.subscribed_to())
+        if not wanted:
+            return _every_event
+        return lambda event: isinstance(event, wanted)
+
     def sequence_key(self, event: DomainEvent) -> str:
         """The sequence ``event`` belongs to for this projection (default: its aggregate id).
 
@@ -248,6 +261,10 @@ class BatchProjection(Projection):
     def process_batch(self, events: list[DomainEvent]) -> None:
         """Apply a batch once, without retries or checkpointing (what the runner calls)."""
         run_to_completion(self.handle_batch(events))
+
+
+def _every_event(event: DomainEvent) -> bool:
+    return True
 
 
 def subscribed_event_type_names(projection: Projection) -> list[str] | None:

@@ -24,6 +24,7 @@ from django.db import connections, transaction
 from django.utils import timezone
 
 from .. import tracing
+from .._runtime import collector_paused
 from ..conf import conf
 from ..context import event_context
 from ..exceptions import EventSourceError, EventTypeNotFoundError
@@ -100,8 +101,9 @@ def _read_batch(
     events: list[StoredEvent] = []
     try:
         options = ReadOptions(from_position=position, limit=ctx.batch_size, buckets=buckets)
-        for stored in ctx.store.read_all(options):
-            events.append(stored)
+        with collector_paused():  # the page stays alive: see ``collector_paused``
+            for stored in ctx.store.read_all(options):
+                events.append(stored)
     except EventSourceError as exc:
         return events, exc
     return events, None
@@ -137,7 +139,8 @@ def run_batch(projection: Projection, ctx: BatchContext) -> BatchResult:
         pausing = False
         last_error = ""
         with _batch_span(name, position, batch) as current:
-            wanted = [stored for stored in batch if projection.is_interested_in(stored.event)]
+            interested = projection.interest_filter()
+            wanted = [stored for stored in batch if interested(stored.event)]
             handled, dead = 0, 0
             admitted = (
                 _apply_in_one_savepoint(projection, wanted, ctx, sequencing)

@@ -83,7 +83,8 @@ def run_inline_projections(alias: str, events: Sequence[DomainEvent], last_posit
     first = positions[0]
     last = events[-1]
     for projection in projections:
-        wanted = [event for event in events if projection.is_interested_in(event)]
+        interested = projection.interest_filter()
+        wanted = [event for event in events if interested(event)]
         keys = sorted({projection.sequence_key(event) for event in wanted})
         # Claimed even when none is wanted: the checkpoint must stay just below the next
         # append for that one to be applied inline.

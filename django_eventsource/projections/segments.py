@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -117,6 +117,9 @@ class SegmentUnit(Projection):
 
     def is_interested_in(self, event: DomainEvent) -> bool:
         return self.projection.is_interested_in(event)
+
+    def interest_filter(self) -> Callable[[DomainEvent], bool]:
+        return self.projection.interest_filter()
 
     def get_retry_policy(self) -> RetryPolicy:
         return self.projection.get_retry_policy()

@@ -116,23 +116,23 @@ def _stored_events(
     decoder: RowDecoder, rows: list[Any], stream_ids: dict[Any, str]
 ) -> Iterator[StoredEvent]:
     """``StoredEvent``s of ``rows``, one at a time (``stream_ids`` caches stream ids)."""
+    # The events of one append share their ``recorded_at`` (the transaction's time):
+    # the value read last is parsed once.
+    recorded, stored_at = None, None
     for row, event in zip(rows, decoder.events(rows), strict=True):
         stream_key = (row[5], row[6])
         stream_id = stream_ids.get(stream_key)
         if stream_id is None:
             stream_id = make_stream_id(event.aggregate_id, event.aggregate_type)
             stream_ids[stream_key] = stream_id
-        try:
-            stored_at = as_utc_datetime(row[12])
-        except SerializationError as exc:
-            raise unreadable_row(row, f"recorded_at: {exc}") from exc
-        yield StoredEvent(
-            event=event,
-            stream_id=stream_id,
-            stream_position=row[7],
-            global_position=row[0],
-            stored_at=stored_at,
-        )
+        if row[12] != recorded or stored_at is None:
+            try:
+                stored_at = as_utc_datetime(row[12])
+            except SerializationError as exc:
+                raise unreadable_row(row, f"recorded_at: {exc}") from exc
+            recorded = row[12]
+        # Positional: event, stream_id, stream_position, global_position, stored_at.
+        yield StoredEvent(event, stream_id, row[7], row[0], stored_at)
 
 
 def paged(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
+from uuid import uuid4
 
 import pytest
 from django.db import connection
@@ -127,3 +128,62 @@ def test_the_table_really_has_no_statistics_for_the_planner() -> None:
     )
     scanned = max(node["Actual Rows"] for node in _nodes(plan) if "Scan" in node["Node Type"])
     assert scanned > 10 * WINDOW
+
+
+def _stream_version_plans(plans: list[dict[str, Any]]) -> Callable[..., Any]:
+    def wrapper(
+        execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any
+    ) -> Any:
+        if "aggregate_version" in sql and sql.lstrip().upper().startswith("SELECT"):
+            plans.append(_plan(sql, params))
+        return execute(sql, params, many, context)
+
+    return wrapper
+
+
+def test_an_append_finds_the_stream_version_by_its_index_on_a_never_analyzed_table() -> None:
+    # 2,000 events of 20 other aggregates of the same type, then a stream of 3 events.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO eventsource_event (event_id, aggregate_type, aggregate_id, "
+            "aggregate_version, event_type, event_version, correlation_id, occurred_at, "
+            "payload, metadata) SELECT gen_random_uuid(), 'Account', "
+            "md5('account' || (n % 20))::uuid, n / 20 + 1, 'MoneyDeposited', 1, "
+            "gen_random_uuid(), now(), '{\"amount\": \"1\"}', '{}' "
+            "FROM generate_series(0, 1999) AS n"
+        )
+    store = DjangoEventStore()
+    account = uuid4()
+    for version in range(1, 4):
+        store.append_events(
+            account,
+            "Account",
+            [MoneyDeposited(aggregate_id=account, amount=1, aggregate_version=version)],
+            version - 1,
+        )
+    _forget_statistics()
+    with connection.cursor() as cursor:
+        # Its indexes as well, as on a table created and loaded a moment ago.
+        cursor.execute(
+            "UPDATE pg_class SET reltuples = 0, relpages = 0 WHERE oid IN "
+            "(SELECT indexrelid FROM pg_index WHERE indrelid = 'eventsource_event'::regclass)"
+        )
+
+    plans: list[dict[str, Any]] = []
+    with connection.execute_wrapper(_stream_version_plans(plans)):
+        result = store.append_events(
+            account,
+            "Account",
+            [MoneyDeposited(aggregate_id=account, amount=1, aggregate_version=4)],
+            3,
+        )
+        assert store.get_stream_version(account, "Account") == 4
+
+    assert result.new_version == 4
+    assert len(plans) >= 2  # the append's lookup, then get_stream_version
+    for plan in plans:
+        # The stream's own rows through the (id, type, version) index: not the 2,000
+        # other events of its type.
+        scanned = [node for node in _nodes(plan) if "Scan" in node["Node Type"]]
+        assert scanned, plan
+        assert all(node["Actual Rows"] <= 4 for node in scanned), plan

@@ -324,11 +324,7 @@ class DjangoEventStore(EventStore):
         conn = connections[alias]
         q = _Sql.get(conn)
         with conn.cursor() as cursor:
-            cursor.execute(
-                f"SELECT COALESCE(MAX({q.c('aggregate_version')}), 0) FROM {q.table} "
-                f"WHERE {q.c('aggregate_id')} = %s AND {q.c('aggregate_type')} = %s",
-                [q.uuid_to_db(agg_id), aggregate_type],
-            )
+            cursor.execute(f"SELECT {q.stream_version}", [q.uuid_to_db(agg_id), aggregate_type])
             return int(cursor.fetchone()[0])
 
     def get_global_position(self) -> int:

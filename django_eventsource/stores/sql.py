@@ -109,6 +109,18 @@ class _Sql:
         self.table = qn(self.raw_table)
         self.is_postgres = conn.vendor == "postgresql"
         self.insert_columns = ", ".join(self._columns[c] for c in _INSERT_COLUMNS)
+        version = self._columns["aggregate_version"]
+        #: A stream's version (0 when empty); parameters: aggregate id, aggregate type.
+        #: Written as the newest row, not ``MAX()``: with ``ORDER BY … LIMIT 1`` the
+        #: planner walks the unique (id, type, version) index backwards even on a table
+        #: it has no statistics for, where it would otherwise read every event of the
+        #: aggregate type through the (type, position) index.
+        self.stream_version = (
+            f"COALESCE((SELECT {version} FROM {self.table} "
+            f"WHERE {self._columns['aggregate_id']} = %s "
+            f"AND {self._columns['aggregate_type']} = %s "
+            f"ORDER BY {version} DESC LIMIT 1), 0)"
+        )
         read = [self._columns[c] for c in _READ_COLUMNS]
         if conn.vendor == "sqlite":
             # SQLite keeps naive UTC text; reading it as ISO text with an offset lets

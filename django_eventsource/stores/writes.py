@@ -43,8 +43,7 @@ def read_stream_state(
     if q.is_postgres:
         # One array parameter, whatever the number of events.
         cursor.execute(
-            f"SELECT NULL, NULL, NULL, COALESCE(MAX({q.c('aggregate_version')}), 0), NULL "
-            f"FROM {q.table} WHERE {q.c('aggregate_id')} = %s AND {q.c('aggregate_type')} = %s "
+            f"SELECT NULL, NULL, NULL, {q.stream_version}, NULL "
             f"UNION ALL SELECT {q.cols('event_id', 'aggregate_type', 'aggregate_id')}, "
             f"{q.cols('aggregate_version', 'position')} FROM {q.table} "
             f"WHERE {q.c('event_id')} = ANY(%s::uuid[])",
@@ -55,8 +54,7 @@ def read_stream_state(
     limit = q.max_params - 2
     head_ids, rest = ids[:limit], ids[limit:]
     cursor.execute(
-        f"SELECT NULL, NULL, NULL, COALESCE(MAX({q.c('aggregate_version')}), 0), NULL "
-        f"FROM {q.table} WHERE {q.c('aggregate_id')} = %s AND {q.c('aggregate_type')} = %s "
+        f"SELECT NULL, NULL, NULL, {q.stream_version}, NULL "
         f"UNION ALL SELECT {q.cols('event_id', 'aggregate_type', 'aggregate_id')}, "
         f"{q.cols('aggregate_version', 'position')} FROM {q.table} "
         f"WHERE {q.c('event_id')} IN ({', '.join(['%s'] * len(head_ids))})",

@@ -15,8 +15,10 @@ and sets ``last_seen`` (``tests.testapp.models.AccountActivity``). Built four wa
 * per-event projection - ``ActivityProjection`` (an ``UPDATE … SET events = events + 1``
   per deposit) through the runner's batches, over the first ``per_event`` events only
   (the whole log would take minutes at that rate);
-* inline - ``AggregateRepository.save`` of one deposit with ``InlineActivityProjection``
-  applied in the save's transaction, against the same saves with ``inline`` off.
+* inline - ``AggregateRepository.save`` of one deposit with an inline projection applied
+  in the save's transaction, against the same saves with ``inline`` off: the summary
+  row written with one SQL upsert (``InlineActivityUpsert``), and with the ORM's
+  ``filter().update()`` of ``F()`` expressions (``InlineActivityProjection``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import time
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
-from uuid import UUID
+from uuid import uuid4
 
 RAW_NAME = "RawReadModelReference"
 PAGE = 5000
@@ -235,30 +237,32 @@ def compare(backend: str, rounds: int, fresh: bool) -> tuple[float, float, bool]
     return statistics.median(raws), statistics.median(batches), agree
 
 
-def inline_rates(saves: int, rounds: int) -> tuple[float, float, bool]:
-    """Single-deposit saves per second without and with the inline upsert (medians)."""
+def inline_rates(saves: int, rounds: int, name: str) -> tuple[float, float, bool]:
+    """Single-deposit saves per second without and with the inline projection ``name``
+    of ``tests.testapp.projections`` (medians)."""
     from django.test.utils import override_settings
 
     from django_eventsource import AggregateRepository, DjangoEventStore
     from django_eventsource.models import Checkpoint
+    from tests.testapp import projections
     from tests.testapp.domain import Account
     from tests.testapp.models import AccountActivity
-    from tests.testapp.projections import InlineActivityProjection
 
+    projection = getattr(projections, name)
     store = DjangoEventStore()
     repository = AggregateRepository(store, Account)
-    path = "tests.testapp.projections.InlineActivityProjection"
+    path = f"tests.testapp.projections.{name}"
     with override_settings(EVENTSOURCE_PROJECTIONS=[path]):
         accounts = []
         for n in range(20):
-            account = repository.create_new(UUID(int=n + 1))
+            account = repository.create_new(uuid4())
             account.open(owner=f"bench{n}")
             repository.save(account)
             accounts.append(account)
         # The inline path applies a save only when the projection is caught up: start it
         # at the head of the log (its rows for the other accounts do not matter here).
         Checkpoint.objects.update_or_create(
-            projection_name="InlineActivityProjection",
+            projection_name=name,
             defaults={"position": store.get_global_position()},
         )
         AccountActivity.objects.filter(account_id__in=[a.aggregate_id for a in accounts]).delete()
@@ -268,10 +272,10 @@ def inline_rates(saves: int, rounds: int) -> tuple[float, float, bool]:
         samples: dict[bool, list[float]] = {False: [], True: []}
         for _ in range(rounds):
             for inline in (False, True):
-                InlineActivityProjection.inline = inline
+                projection.inline = inline
                 # Saves without the inline path left the checkpoint behind: put it back
                 # at the head, as the runner would, so that the inline saves apply.
-                Checkpoint.objects.filter(projection_name="InlineActivityProjection").update(
+                Checkpoint.objects.filter(projection_name=name).update(
                     position=store.get_global_position()
                 )
                 start = time.perf_counter()
@@ -280,7 +284,7 @@ def inline_rates(saves: int, rounds: int) -> tuple[float, float, bool]:
                     account.deposit(Decimal(1))
                     repository.save(account)
                 samples[inline].append(saves / (time.perf_counter() - start))
-        InlineActivityProjection.inline = True
+        projection.inline = True
         applied = sum(
             AccountActivity.objects.filter(
                 account_id__in=[a.aggregate_id for a in accounts]

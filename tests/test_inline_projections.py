@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from uuid import UUID, uuid4
@@ -13,7 +14,7 @@ from django.test import Client, override_settings
 from django.utils import timezone
 
 from django_eventsource import AggregateRepository, DjangoEventStore
-from django_eventsource.models import Checkpoint, EventRecord, OutboxMessage
+from django_eventsource.models import Checkpoint, DeadLetter, EventRecord, OutboxMessage
 from django_eventsource.projections.maintenance import (
     reset_projection,
     resume_projection,
@@ -342,3 +343,123 @@ def test_concurrent_writers_with_an_inline_projection_apply_every_event_once(
     assert tally() == expected_from_store()
     assert all(row(a) == (Decimal(325), 26) for a in accounts)
     assert checkpoint() == DjangoEventStore().get_global_position()
+
+
+def _wait_for_a_blocked_session(deadline: float = 30.0) -> None:
+    """Until another session of this database waits for a row lock."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            )
+            if cursor.fetchone()[0]:
+                return
+        threading.Event().wait(0.01)  # poll interval
+    raise AssertionError("no session ever waited for the checkpoint row")
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@override_settings(EVENTSOURCE_PROJECTIONS=[INLINE_TALLY])
+def test_a_save_waiting_for_a_batch_that_dead_letters_its_aggregate_parks_behind_it(
+    repository: AggregateRepository[Account],
+) -> None:
+    # A runner's batch holds the checkpoint row, dead-letters one of ann's events and
+    # moves the checkpoint to just before the save's event, which meanwhile waits for
+    # the row. The claim then succeeds against the committed row, but its dead-letter
+    # check saw the database as it was before the batch: the save must still not apply
+    # ann's event ahead of the dead letter.
+    ann = open_and_deposit(repository, 1)
+    behind = checkpoint() - 1
+    Checkpoint.objects.filter(projection_name=NAME).update(position=behind)
+    holding, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def batch() -> None:
+        try:
+            with transaction.atomic():
+                row_ = Checkpoint.objects.select_for_update().get(projection_name=NAME)
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT last_value FROM eventsource_event_position_seq")
+                    next_position = cursor.fetchone()[0] + 1
+                row_.position = next_position - 1
+                row_.save(update_fields=["position"])
+                DeadLetter.objects.create(
+                    event_id=uuid4(),
+                    projection_name=NAME,
+                    event_type="MoneyDeposited",
+                    event_data={},
+                    error_message="failed in the batch",
+                    sequence_key=str(ann),
+                    global_position=behind,
+                )
+                holding.set()
+                assert release.wait(30)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            holding.set()
+            connection.close()
+
+    def save() -> None:
+        try:
+            deposit(repository, ann, 50)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    runner = threading.Thread(target=batch)
+    runner.start()
+    writer = threading.Thread(target=save)
+    try:
+        assert holding.wait(30)
+        writer.start()
+        _wait_for_a_blocked_session()
+    finally:
+        release.set()
+        runner.join(30)
+        if writer.is_alive() or writer.ident is not None:
+            writer.join(30)
+    assert not errors
+
+    assert row(ann) == (Decimal(1), 2)  # the 50 was not applied
+    # Left to the runner (or parked by the save itself): behind the dead letter.
+    run_projections(once=True)
+    assert row(ann) == (Decimal(1), 2)
+    parked = DeadLetter.objects.get(projection_name=NAME, parked=True)
+    assert parked.sequence_key == str(ann)
+    assert parked.global_position == checkpoint()
+
+
+@override_settings(EVENTSOURCE_PROJECTIONS=[INLINE_TALLY])
+def test_a_claim_made_against_a_row_moved_meanwhile_parks_what_is_now_blocked(
+    repository: AggregateRepository[Account],
+) -> None:
+    # What the save does when its claim went through against a checkpoint row another
+    # transaction moved while the save waited: the blocked sequences are read again and
+    # their events parked, the others applied.
+    from django_eventsource.projections.inline import _admitted
+
+    ann = open_and_deposit(repository, 1)
+    bob = open_and_deposit(repository, 2, owner="bob")
+    DeadLetter.objects.create(
+        event_id=uuid4(),
+        projection_name=NAME,
+        event_type="MoneyDeposited",
+        sequence_key=str(ann),
+        global_position=1,
+    )
+    events = [
+        MoneyDeposited(aggregate_id=ann, amount=Decimal(5), aggregate_version=3),
+        MoneyDeposited(aggregate_id=bob, amount=Decimal(6), aggregate_version=3),
+    ]
+    projection = test_projections.InlineTallyProjection()
+
+    admitted = _admitted(projection, connection.alias, events, first=100)
+
+    assert admitted == [events[1]]
+    parked = DeadLetter.objects.get(projection_name=NAME, parked=True)
+    assert (parked.event_id, parked.global_position) == (events[0].event_id, 100)

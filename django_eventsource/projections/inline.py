@@ -1,11 +1,15 @@
 """Inline projections: applied in the transaction that appends their events.
 
-``DjangoEventStore.append_events`` calls :func:`run_inline_projections` right after its
-``INSERT``, inside its transaction (the caller's, when there is one). For each
-projection of ``EVENTSOURCE_PROJECTIONS`` with ``inline = True`` it *claims* the
-appended events by moving the projection's checkpoint from the position just before them
-to the last of them, in one ``UPDATE … WHERE position = first - 1``, and only then runs
-the handlers. The save, the read model and the checkpoint commit or roll back together.
+``DjangoEventStore.append_events`` asks :func:`plan_inline_projections` which inline
+projections want its events before its ``INSERT``, and calls
+:func:`run_inline_projections` right after it, inside its transaction (the caller's,
+when there is one). For each projection of ``EVENTSOURCE_PROJECTIONS`` with
+``inline = True`` the events are first *claimed*, by moving the projection's checkpoint
+from the position just before them to the last of them with
+``UPDATE … WHERE position = first - 1``, and only then handled. On PostgreSQL that
+``UPDATE`` is a step of the append's own statement (``stores/writes.py``), so it costs
+no round trip; elsewhere it is a statement of its own. The save, the read model and the
+checkpoint commit or roll back together.
 
 The claim also fails while the projection is paused or while one of the appended events'
 sequence keys has an open dead letter for it: those events must wait behind the dead
@@ -29,6 +33,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import connections
@@ -38,6 +43,8 @@ from ..conf import conf
 from ..context import event_context
 from ..events.base import DomainEvent
 from ..models import Checkpoint, DeadLetter, EventRecord
+from ..stores.interface import StoredEvent, make_stream_id
+from ..stores.writes import CheckpointClaims, Inserted
 from .base import BatchProjection, Projection
 
 logger = logging.getLogger("django_eventsource")
@@ -62,34 +69,87 @@ def inline_projections() -> list[Projection]:
     return [projection for projection in loaded if projection.inline]
 
 
-def run_inline_projections(alias: str, events: Sequence[DomainEvent], last_position: int) -> None:
-    """Apply the inline projections to ``events``, just inserted on database ``alias``.
+@dataclass
+class InlinePlan:
+    """The inline projections of one append, decided before its ``INSERT``."""
 
-    Must run inside the append's transaction. ``last_position`` is the highest position
-    the insert took. A handler's error propagates, so the append rolls back.
+    alias: str
+    events: Sequence[DomainEvent]
+    #: Per inline projection: the appended events it handles, and their sequence keys.
+    entries: list[tuple[Projection, list[DomainEvent], list[str]]]
+
+    def claims(self) -> CheckpointClaims:
+        """The checkpoint claims for the append's statement (PostgreSQL)."""
+        last = self.events[-1]
+        return CheckpointClaims(
+            claims=[
+                (projection.name, len(wanted), keys) for projection, wanted, keys in self.entries
+            ],
+            last_event_id=last.event_id,
+            last_event_type=last.event_type,
+            now=timezone.now(),
+        )
+
+
+def plan_inline_projections(alias: str, events: Sequence[DomainEvent]) -> InlinePlan | None:
+    """What the inline projections will do with ``events`` (``None``: nothing to do).
+
+    Called by ``DjangoEventStore`` before it inserts ``events`` on database ``alias``.
     """
     projections = inline_projections()
     if not projections or not events:
-        return
+        return None
     from .runner import checkpoint_db
 
     if checkpoint_db() != alias:
         # The checkpoint lives in another database: no single transaction can hold both.
         logger.debug("Inline projections skipped: checkpoints are not on %r", alias)
-        return
-    positions = _positions(alias, events, last_position)
-    if positions is None:
-        return  # a concurrent writer's event sits between ours: left to the runner
-    first = positions[0]
-    last = events[-1]
+        return None
+    entries = []
     for projection in projections:
         interested = projection.interest_filter()
         wanted = [event for event in events if interested(event)]
         keys = sorted({projection.sequence_key(event) for event in wanted})
+        entries.append((projection, wanted, keys))
+    return InlinePlan(alias, events, entries)
+
+
+def run_inline_projections(plan: InlinePlan, inserted: Inserted) -> None:
+    """Apply the inline projections of ``plan`` to its events, just inserted.
+
+    Must run inside the append's transaction. A handler's error propagates, so the
+    append rolls back. On PostgreSQL the append's statement has already tried the
+    claims (``inserted.claimed``); elsewhere they are made here.
+    """
+    alias, events = plan.alias, plan.events
+    last_position = inserted.last_position
+    folded = inserted.first_position is not None
+    if folded:
+        first = int(inserted.first_position or 0)
+        if last_position - first != len(events) - 1:
+            return  # a concurrent writer's event sits between ours: left to the runner
+    else:
+        positions = _positions(alias, events, last_position)
+        if positions is None:
+            return  # a concurrent writer's event sits between ours: left to the runner
+        first = positions[0]
+    last = events[-1]
+    for projection, wanted, keys in plan.entries:
+        name = projection.name
+        if folded and name in inserted.claimed:
+            if inserted.claimed[name] != first - 1:
+                # The row was moved to just before our events by a batch that committed
+                # while the append waited for it, so the dead-letter check of the
+                # statement may predate that batch: check again, and park what must
+                # wait, as the batch itself would have.
+                wanted = _admitted(projection, alias, wanted, first)
+        elif folded:
+            if not _claim_across_gap(alias, name, first, last_position, last, len(wanted), keys):
+                continue
+        elif not _claim(alias, name, first - 1, last_position, last, len(wanted), keys):
+            continue
         # Claimed even when none is wanted: the checkpoint must stay just below the next
         # append for that one to be applied inline.
-        if not _claim(alias, projection.name, first - 1, last_position, last, len(wanted), keys):
-            continue
         if not wanted:
             continue
         if isinstance(projection, BatchProjection):
@@ -98,6 +158,31 @@ def run_inline_projections(alias: str, events: Sequence[DomainEvent], last_posit
         for event in wanted:
             with event_context(causation_id=event.event_id, correlation_id=event.correlation_id):
                 projection.process(event)
+
+
+def _admitted(
+    projection: Projection, alias: str, wanted: list[DomainEvent], first: int
+) -> list[DomainEvent]:
+    """``wanted`` without the events whose sequence is now blocked, which are parked."""
+    from .django_dead_letters import DjangoDLQRepository
+    from .sequencing import Sequencing
+
+    sequencing = Sequencing.load(projection, DjangoDLQRepository(alias))
+    if not sequencing.blocked:
+        return wanted
+    positions = {event.event_id: first + index for index, event in enumerate(wanted)}
+    stored_at = timezone.now()
+    stored = [
+        StoredEvent(
+            event,
+            make_stream_id(event.aggregate_id, event.aggregate_type),
+            event.aggregate_version,
+            positions[event.event_id],
+            stored_at,
+        )
+        for event in wanted
+    ]
+    return [item.event for item in sequencing.admit(stored)]
 
 
 def _positions(alias: str, events: Sequence[DomainEvent], last_position: int) -> list[int] | None:
@@ -233,4 +318,9 @@ def _advance(
         return bool(cursor.rowcount == 1)
 
 
-__all__ = ["inline_projections", "run_inline_projections"]
+__all__ = [
+    "InlinePlan",
+    "inline_projections",
+    "plan_inline_projections",
+    "run_inline_projections",
+]

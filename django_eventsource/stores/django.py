@@ -187,14 +187,25 @@ class DjangoEventStore(EventStore):
             )
             if retried is not None:
                 return retried
-            # The events and, when enabled, their outbox rows (one statement on
-            # PostgreSQL).
-            last_position = insert_events(conn, cursor, events, outbox=self._outbox_enabled())
-        # Imported here: projections sit above the store, which only hands them the events.
-        from ..projections.inline import run_inline_projections
+            # Imported here: projections sit above the store, which only hands them the
+            # events.
+            from ..projections.inline import plan_inline_projections, run_inline_projections
 
-        run_inline_projections(alias, events, last_position)
-        return AppendResult.successful(events[-1].aggregate_version, last_position)
+            inline = plan_inline_projections(alias, events)
+            # The events and, when enabled, their outbox rows; on PostgreSQL in one
+            # statement, which also claims the inline projections' checkpoints.
+            inserted = insert_events(
+                conn,
+                cursor,
+                events,
+                outbox=self._outbox_enabled(),
+                claims=inline.claims()
+                if inline is not None and conn.vendor == "postgresql"
+                else None,
+            )
+        if inline is not None:
+            run_inline_projections(inline, inserted)
+        return AppendResult.successful(events[-1].aggregate_version, inserted.last_position)
 
     def _resolve_conflict(
         self,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -17,7 +19,7 @@ from django.db.backends.utils import CursorWrapper
 
 from ..events.base import DomainEvent
 from ..events.serialization import OutboxRowValues, outbox_row_values
-from ..models import OutboxMessage
+from ..models import Checkpoint, DeadLetter, OutboxMessage
 from ..partitioning import event_bucket
 from .sql import _INSERT_COLUMNS, _as_uuid, _Sql
 from .validation import storable_event_json
@@ -89,26 +91,58 @@ def _stream_state(
     return current, existing, positions
 
 
+@dataclass(frozen=True)
+class CheckpointClaims:
+    """Checkpoints an append moves past its own events, in its statement (PostgreSQL).
+
+    ``claims`` holds, per projection, its name, the number of the appended events it
+    handles and their sequence keys. A claim succeeds when the checkpoint sits just
+    before the appended events, which hold consecutive positions, the projection is
+    not paused and none of the keys has an open dead letter (see
+    ``projections/inline.py``).
+    """
+
+    claims: list[tuple[str, int, list[str]]]
+    last_event_id: UUID
+    last_event_type: str
+    now: datetime
+
+
+@dataclass(frozen=True)
+class Inserted:
+    """What an append's insert took: its positions and, with claims, which succeeded."""
+
+    last_position: int
+    #: The lowest position taken; ``None`` when not read (no claims were asked for).
+    first_position: int | None = None
+    #: Claimed projection -> its checkpoint's position as the statement's snapshot saw
+    #: it. When that is not the position just before the events, the row was moved by a
+    #: transaction that committed while the statement waited for it.
+    claimed: dict[str, int] = field(default_factory=dict)
+
+
 def insert_events(
     conn: BaseDatabaseWrapper,
     cursor: CursorWrapper,
     events: list[DomainEvent],
     *,
     outbox: bool,
-) -> int:
+    claims: CheckpointClaims | None = None,
+) -> Inserted:
     """Insert ``events``, and their outbox rows when ``outbox`` is set.
 
     On PostgreSQL, one statement whatever the number of events (see
-    ``_insert_postgres``); elsewhere one multi-row INSERT per parameter-limit chunk and
-    one ``executemany`` of the outbox rows. Returns the highest position taken.
+    ``_insert_postgres``), which also makes the checkpoint ``claims`` (ignored
+    elsewhere); other databases get one multi-row INSERT per parameter-limit chunk and
+    one ``executemany`` of the outbox rows.
     """
     q = _Sql.get(conn)
     if q.is_postgres:
-        return _insert_postgres(q, cursor, events, outbox)
+        return _insert_postgres(q, cursor, events, outbox, claims)
     last_position = _insert_chunks(q, cursor, events)
     if outbox:
         _insert_outbox_rows(q, conn, cursor, events)
-    return last_position
+    return Inserted(last_position)
 
 
 def _insert_outbox_rows(
@@ -121,16 +155,16 @@ def _insert_outbox_rows(
     columns: list[str] = []
     from_event: list[str | None] = []
     defaults: list[Any] = []
-    for field in OutboxMessage._meta.concrete_fields:
-        if field.primary_key or field.has_db_default():
+    for outbox_field in OutboxMessage._meta.concrete_fields:
+        if outbox_field.primary_key or outbox_field.has_db_default():
             continue
-        columns.append(qn(str(field.column)))
-        if field.name in _OUTBOX_FROM_EVENT:
-            from_event.append(field.name)
+        columns.append(qn(str(outbox_field.column)))
+        if outbox_field.name in _OUTBOX_FROM_EVENT:
+            from_event.append(outbox_field.name)
             defaults.append(None)
         else:
             from_event.append(None)
-            defaults.append(field.get_db_prep_save(field.get_default(), conn))
+            defaults.append(outbox_field.get_db_prep_save(outbox_field.get_default(), conn))
     converters: dict[str, Callable[[Any], Any]] = {
         "event_id": uuid_db,
         "aggregate_id": uuid_db,
@@ -160,8 +194,12 @@ def _same(value: Any) -> Any:
 
 
 def _insert_postgres(
-    q: _Sql, cursor: CursorWrapper, events: list[DomainEvent], outbox: bool
-) -> int:
+    q: _Sql,
+    cursor: CursorWrapper,
+    events: list[DomainEvent],
+    outbox: bool,
+    claims: CheckpointClaims | None,
+) -> Inserted:
     """The events (and outbox rows) of one append in one statement on PostgreSQL.
 
     The rows travel as one ``jsonb`` array (a single parameter, parsed by the server in
@@ -178,9 +216,28 @@ def _insert_postgres(
         documents.append(
             f"[{e.model_dump_json()},{payload},{metadata},{event_bucket(e.aggregate_id)}]"
         )
-    sql, params = _postgres_append_statement(q, cursor.db, outbox)
-    cursor.execute(sql, ["[" + ",".join(documents) + "]", *params])
-    return int(cursor.fetchone()[0])
+    ctes, params = _postgres_append_statement(q, cursor.db, outbox)
+    rows = "[" + ",".join(documents) + "]"
+    pos = q.c("position")
+    if claims is None:
+        cursor.execute(
+            f"WITH {ctes} SELECT MAX({pos}), pg_notify(%s, MAX({pos})::text) FROM inserted",
+            [rows, *params, NOTIFY_CHANNEL],
+        )
+        return Inserted(int(cursor.fetchone()[0]))
+    claim_ctes, claim_params = _claim_ctes(cursor.db, claims)
+    claimed = " UNION ALL ".join(
+        f"SELECT name, seen FROM claimed_{i}" for i in range(len(claims.claims))
+    )
+    cursor.execute(
+        f"WITH {ctes}, {claim_ctes} SELECT b.last, b.first, "
+        f"(SELECT COALESCE(jsonb_agg(jsonb_build_array(name, seen)), '[]') FROM ({claimed}) AS c)"
+        "::text, pg_notify(%s, b.last::text) FROM bounds AS b",
+        [rows, *params, *claim_params, NOTIFY_CHANNEL],
+    )
+    last, first, outcome, _ = cursor.fetchone()
+    seen = json.loads(outcome) if isinstance(outcome, str) else outcome
+    return Inserted(int(last), int(first), {name: int(at) for name, at in seen})
 
 
 #: The event table's columns in a PostgreSQL append, from an event's ``to_dict()``
@@ -205,11 +262,15 @@ _FROM_DOCUMENT = {
 
 _statements: dict[tuple[str, bool], tuple[str, list[Any]]] = {}
 
+#: A dead letter in this status no longer holds its sequence back.
+_RESOLVED = DeadLetter.Status.RESOLVED.value
+
 
 def _postgres_append_statement(
     q: _Sql, conn: BaseDatabaseWrapper, outbox: bool
 ) -> tuple[str, list[Any]]:
-    """The append statement of ``_insert_postgres`` and its parameters after the rows."""
+    """The ``WITH`` steps of ``_insert_postgres`` (``batch``, ``inserted``, and
+    ``outboxed`` with the outbox) and their parameters after the rows."""
     key = (conn.alias, outbox)
     cached = _statements.get(key)
     if cached is not None:
@@ -229,24 +290,72 @@ def _postgres_append_statement(
     if outbox:
         qn = conn.ops.quote_name
         columns, values = [], []
-        for field in OutboxMessage._meta.concrete_fields:
-            if field.primary_key or field.has_db_default():
+        for outbox_field in OutboxMessage._meta.concrete_fields:
+            if outbox_field.primary_key or outbox_field.has_db_default():
                 continue
-            columns.append(qn(str(field.column)))
-            if field.name in _OUTBOX_FROM_EVENT:
-                values.append(_FROM_DOCUMENT[field.name])
+            columns.append(qn(str(outbox_field.column)))
+            if outbox_field.name in _OUTBOX_FROM_EVENT:
+                values.append(_FROM_DOCUMENT[outbox_field.name])
             else:
                 # What the model would write: its Python-side default.
                 values.append("%s")
-                params.append(field.get_db_prep_save(field.get_default(), conn))
+                params.append(outbox_field.get_db_prep_save(outbox_field.get_default(), conn))
         ctes.append(
             f"outboxed AS (INSERT INTO {qn(OutboxMessage._meta.db_table)} "
             f"({', '.join(columns)}) SELECT {', '.join(values)} FROM batch {order})"
         )
-    sql = f"WITH {', '.join(ctes)} SELECT MAX({pos}), pg_notify(%s, MAX({pos})::text) FROM inserted"
-    params.append(NOTIFY_CHANNEL)
-    _statements[key] = (sql, params)
-    return sql, params
+    _statements[key] = (", ".join(ctes), params)
+    return _statements[key]
+
+
+def _claim_ctes(conn: BaseDatabaseWrapper, claims: CheckpointClaims) -> tuple[str, list[Any]]:
+    """The ``bounds`` step and one ``claimed_<i>`` step per claim, with their parameters.
+
+    Each ``claimed_<i>`` is the ``UPDATE`` of ``projections/inline.py`` for one
+    projection, written out with plain parameters (what the planner handles fastest).
+    Its row also returns the checkpoint's position as of the statement's snapshot: when
+    the row had to be waited for, the ``UPDATE`` ran against the version another
+    transaction committed meanwhile, while the dead-letter check still saw the snapshot
+    (see ``run_inline_projections``).
+    """
+    qn = conn.ops.quote_name
+    checkpoints = qn(str(Checkpoint._meta.db_table))
+    letters = qn(str(DeadLetter._meta.db_table))
+    name, position = qn("projection_name"), qn("position")
+    ctes = [
+        f"bounds AS (SELECT MIN({position}) AS first, MAX({position}) AS last, "
+        "COUNT(*) AS n FROM inserted)"
+    ]
+    params: list[Any] = []
+    for index, (projection, count, keys) in enumerate(claims.claims):
+        blocked = ""
+        if keys:
+            blocked = (
+                f" AND NOT EXISTS (SELECT 1 FROM {letters} AS d WHERE d.{name} = %s "
+                f"AND d.{qn('status')} <> %s "
+                f"AND d.{qn('sequence_key')} IN ({', '.join(['%s'] * len(keys))}))"
+            )
+        ctes.append(
+            f"claimed_{index} AS (UPDATE {checkpoints} AS c SET {position} = b.last, "
+            f"{qn('last_event_id')} = %s, {qn('last_event_type')} = %s, "
+            f"{qn('last_processed_at')} = %s, {qn('updated_at')} = %s, "
+            f"{qn('events_processed')} = c.{qn('events_processed')} + %s FROM bounds AS b "
+            f"WHERE c.{name} = %s AND c.{position} = b.first - 1 "
+            f"AND b.last - b.first + 1 = b.n AND c.{qn('paused_at')} IS NULL{blocked} "
+            f"RETURNING c.{name} AS name, "
+            f"(SELECT s.{position} FROM {checkpoints} AS s WHERE s.{name} = %s) AS seen)"
+        )
+        params += [
+            claims.last_event_id,
+            claims.last_event_type,
+            claims.now,
+            claims.now,
+            count,
+            projection,
+            *([projection, _RESOLVED, *keys] if keys else []),
+            projection,
+        ]
+    return ", ".join(ctes), params
 
 
 #: Outbox columns filled from the event (what ``outbox_row_values`` returns).

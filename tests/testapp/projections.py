@@ -256,6 +256,45 @@ class InlineActivityProjection(ActivityProjection):
     inline = True
 
 
+class InlineActivityUpsert(DeclarativeProjection):
+    """``AccountActivity`` in the save's transaction, one SQL upsert per event.
+
+    The ``INSERT … ON CONFLICT DO UPDATE`` a read model that adds to its row is written
+    with: one statement whether or not the row exists yet.
+    """
+
+    inline = True
+
+    @handles(AccountOpened)
+    def on_opened(self, event: AccountOpened) -> None:
+        self._upsert(event, Decimal(0))
+
+    @handles(MoneyDeposited)
+    def on_deposited(self, event: MoneyDeposited) -> None:
+        self._upsert(event, event.amount)
+
+    def _upsert(self, event: DomainEvent, amount: Decimal) -> None:
+        table = connection.ops.quote_name(AccountActivity._meta.db_table)
+        account_id = AccountActivity._meta.pk.get_db_prep_value(  # type: ignore[union-attr]
+            event.aggregate_id, connection
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} (account_id, events, total, last_seen) "
+                "VALUES (%s, 1, %s, %s) ON CONFLICT (account_id) DO UPDATE SET "
+                f"events = {table}.events + 1, total = {table}.total + excluded.total, "
+                "last_seen = excluded.last_seen",
+                [
+                    account_id,
+                    connection.ops.adapt_decimalfield_value(amount, 20, 2),
+                    connection.ops.adapt_datetimefield_value(event.occurred_at),
+                ],
+            )
+
+    def reset(self) -> None:
+        AccountActivity.objects.all().delete()
+
+
 class BatchActivityProjection(BatchProjection):
     """``AccountActivity`` a page at a time: the page folded in memory, then one read of
     the page's rows and one multi-row upsert."""
@@ -344,5 +383,6 @@ BATCH_LEDGER = "tests.testapp.projections.BatchLedgerProjection"
 INLINE_TALLY = "tests.testapp.projections.InlineTallyProjection"
 INLINE_BATCH_TALLY = "tests.testapp.projections.InlineBatchTallyProjection"
 ACTIVITY = "tests.testapp.projections.ActivityProjection"
+INLINE_ACTIVITY_UPSERT = "tests.testapp.projections.InlineActivityUpsert"
 BATCH_ACTIVITY = "tests.testapp.projections.BatchActivityProjection"
 FOLD_ACTIVITY = "tests.testapp.projections.FoldActivityProjection"

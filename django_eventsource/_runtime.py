@@ -90,14 +90,15 @@ _collector_paused_here = False
 
 @contextmanager
 def collector_paused() -> Iterator[None]:
-    """Hold Python's cyclic garbage collector off while a page of events is built.
+    """Hold Python's cyclic garbage collector off while a batch of events is handled.
 
-    A page keeps thousands of new objects alive at once (events, their fields, their
-    ``StoredEvent`` wrappers), and every few hundred allocations the collector walks
-    them all again, which made reading a page of 5,000 events a third slower. Nothing
-    in a page forms a reference cycle, so nothing is left for the collector to find;
-    it runs again as soon as the outermost pause ends. Nested and concurrent pauses
-    share one count; a collector that was already disabled stays disabled.
+    A batch keeps its page of events alive (thousands of events, their fields, their
+    ``StoredEvent`` wrappers), and every few hundred allocations the collector walked
+    them all again, which made reading a page of 5,000 events a third slower. Events
+    form no reference cycles; whatever cyclic garbage the handlers leave (exceptions
+    with their tracebacks, say) is collected as soon as the outermost pause ends, so it
+    lives at most one batch. Nested and concurrent pauses share one count; a collector
+    that was already disabled stays disabled.
     """
     global _collector_pauses, _collector_paused_here
     with _collector_lock:

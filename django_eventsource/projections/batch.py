@@ -112,6 +112,12 @@ def _read_batch(
 def run_batch(projection: Projection, ctx: BatchContext) -> BatchResult:
     """One batch in one transaction: handlers, dead letters and the checkpoint commit together.
 
+    Python's cyclic garbage collector waits while the page of events is read and, for a
+    ``BatchProjection`` (one ``handle_batch`` call per page), until the batch ends: the
+    page stays alive throughout, and each collection would walk it again (see
+    ``collector_paused``). Per-event handlers run with the collector on, since a batch
+    of slow handlers may take minutes.
+
     Events whose sequence has an open dead letter are parked behind it (see
     :mod:`.sequencing`). The batch ends early, committing up to the last event fully dealt
     with, when a stop is requested (before an event, or while waiting to retry one) and
@@ -121,6 +127,13 @@ def run_batch(projection: Projection, ctx: BatchContext) -> BatchResult:
     the page in ``handle_batch`` calls, narrowed down on failure (:mod:`.narrowing`),
     with the same parking; it pauses at the end of the batch that reached the limit.
     """
+    if isinstance(projection, BatchProjection):
+        with collector_paused():
+            return _run_batch(projection, ctx)
+    return _run_batch(projection, ctx)
+
+
+def _run_batch(projection: Projection, ctx: BatchContext) -> BatchResult:
     name = projection.name
     policy = projection.get_retry_policy()
     stop = ctx.stop_event

@@ -41,16 +41,21 @@ def _forget_statistics() -> None:
         )
 
 
-def _load(count: int) -> int:
-    """``count`` deposit events (one stream each), written in one statement; the first
-    position."""
+def _load(count: int, streams: int | None = None) -> int:
+    """``count`` deposit events, written in one statement; the first position.
+
+    One stream each, or spread over ``streams`` streams.
+    """
+    stream, version = "gen_random_uuid()", "2"
+    if streams is not None:
+        stream, version = f"md5('account' || (n % {streams}))::uuid", f"n / {streams} + 1"
     with connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO eventsource_event (event_id, aggregate_type, aggregate_id, "
             "aggregate_version, event_type, event_version, correlation_id, occurred_at, "
-            "payload, metadata) SELECT gen_random_uuid(), 'Account', gen_random_uuid(), 2, "
+            f"payload, metadata) SELECT gen_random_uuid(), 'Account', {stream}, {version}, "
             "'MoneyDeposited', 1, gen_random_uuid(), now(), '{\"amount\": \"1\"}', '{}' "
-            "FROM generate_series(1, %s) RETURNING position",
+            "FROM generate_series(0, %s - 1) AS n RETURNING position",
             [count],
         )
         return min(row[0] for row in cursor.fetchall())
@@ -143,15 +148,7 @@ def _stream_version_plans(plans: list[dict[str, Any]]) -> Callable[..., Any]:
 
 def test_an_append_finds_the_stream_version_by_its_index_on_a_never_analyzed_table() -> None:
     # 2,000 events of 20 other aggregates of the same type, then a stream of 3 events.
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO eventsource_event (event_id, aggregate_type, aggregate_id, "
-            "aggregate_version, event_type, event_version, correlation_id, occurred_at, "
-            "payload, metadata) SELECT gen_random_uuid(), 'Account', "
-            "md5('account' || (n % 20))::uuid, n / 20 + 1, 'MoneyDeposited', 1, "
-            "gen_random_uuid(), now(), '{\"amount\": \"1\"}', '{}' "
-            "FROM generate_series(0, 1999) AS n"
-        )
+    _load(2_000, streams=20)
     store = DjangoEventStore()
     account = uuid4()
     for version in range(1, 4):

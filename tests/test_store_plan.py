@@ -48,7 +48,7 @@ def _load(count: int, streams: int | None = None) -> int:
     """
     stream, version = "gen_random_uuid()", "2"
     if streams is not None:
-        stream, version = f"md5('account' || (n % {streams}))::uuid", f"n / {streams} + 1"
+        stream, version = f"md5('account' || (n %% {streams}))::uuid", f"n / {streams} + 1"
     with connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO eventsource_event (event_id, aggregate_type, aggregate_id, "

@@ -457,9 +457,10 @@ def test_a_claim_made_against_a_row_moved_meanwhile_parks_what_is_now_blocked(
         MoneyDeposited(aggregate_id=bob, amount=Decimal(6), aggregate_version=3),
     ]
     projection = test_projections.InlineTallyProjection()
+    positions = {events[0].event_id: 101, events[1].event_id: 102}
 
-    admitted = _admitted(projection, connection.alias, events, first=100)
+    admitted = _admitted(projection, connection.alias, events, positions)
 
     assert admitted == [events[1]]
     parked = DeadLetter.objects.get(projection_name=NAME, parked=True)
-    assert (parked.event_id, parked.global_position) == (events[0].event_id, 100)
+    assert (parked.event_id, parked.global_position) == (events[0].event_id, 101)

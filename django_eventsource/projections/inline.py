@@ -35,6 +35,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 from django.db import connections
 from django.utils import timezone
@@ -142,7 +143,8 @@ def run_inline_projections(plan: InlinePlan, inserted: Inserted) -> None:
                 # while the append waited for it, so the dead-letter check of the
                 # statement may predate that batch: check again, and park what must
                 # wait, as the batch itself would have.
-                wanted = _admitted(projection, alias, wanted, first)
+                taken = {event.event_id: first + i for i, event in enumerate(events)}
+                wanted = _admitted(projection, alias, wanted, taken)
         elif folded:
             if not _claim_across_gap(alias, name, first, last_position, last, len(wanted), keys):
                 continue
@@ -161,16 +163,16 @@ def run_inline_projections(plan: InlinePlan, inserted: Inserted) -> None:
 
 
 def _admitted(
-    projection: Projection, alias: str, wanted: list[DomainEvent], first: int
+    projection: Projection, alias: str, wanted: list[DomainEvent], positions: dict[UUID, int]
 ) -> list[DomainEvent]:
-    """``wanted`` without the events whose sequence is now blocked, which are parked."""
+    """``wanted`` without the events whose sequence is now blocked, which are parked
+    (``positions``: each appended event's position)."""
     from .django_dead_letters import DjangoDLQRepository
     from .sequencing import Sequencing
 
     sequencing = Sequencing.load(projection, DjangoDLQRepository(alias))
     if not sequencing.blocked:
         return wanted
-    positions = {event.event_id: first + index for index, event in enumerate(wanted)}
     stored_at = timezone.now()
     stored = [
         StoredEvent(

@@ -368,9 +368,9 @@ def test_a_save_waiting_for_a_batch_that_dead_letters_its_aggregate_parks_behind
 ) -> None:
     # A runner's batch holds the checkpoint row, dead-letters one of ann's events and
     # moves the checkpoint to just before the save's event, which meanwhile waits for
-    # the row. The claim then succeeds against the committed row, but its dead-letter
-    # check saw the database as it was before the batch: the save must still not apply
-    # ann's event ahead of the dead letter.
+    # the row. Whether the claim then goes through against the committed row (its
+    # dead-letter check having seen the database as it was before the batch) or falls
+    # back to a fresh read, the save must not apply ann's event ahead of the dead letter.
     ann = open_and_deposit(repository, 1)
     behind = checkpoint() - 1
     Checkpoint.objects.filter(projection_name=NAME).update(position=behind)

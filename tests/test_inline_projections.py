@@ -23,8 +23,8 @@ from django_eventsource.projections.maintenance import (
 from django_eventsource.projections.runner import run_projections
 from tests.testapp import projections as test_projections
 from tests.testapp.domain import Account, AccountOpened, MoneyDeposited
-from tests.testapp.models import AccountSummary
-from tests.testapp.projections import INLINE_BATCH_TALLY, INLINE_TALLY
+from tests.testapp.models import AccountActivity, AccountSummary
+from tests.testapp.projections import INLINE_ACTIVITY_UPSERT, INLINE_BATCH_TALLY, INLINE_TALLY
 
 pytestmark = [pytest.mark.own_sql, pytest.mark.django_db]
 
@@ -464,3 +464,19 @@ def test_a_claim_made_against_a_row_moved_meanwhile_parks_what_is_now_blocked(
     assert admitted == [events[1]]
     parked = DeadLetter.objects.get(projection_name=NAME, parked=True)
     assert (parked.event_id, parked.global_position) == (events[0].event_id, 101)
+
+
+@override_settings(
+    EVENTSOURCE_PROJECTIONS=[INLINE_TALLY, INLINE_ACTIVITY_UPSERT], EVENTSOURCE_OUTBOX_ENABLED=False
+)
+def test_two_inline_projections_each_claim_their_checkpoint_in_one_save(
+    repository: AggregateRepository[Account],
+) -> None:
+    ann = open_and_deposit(repository, 1, 2)
+
+    assert row(ann) == (Decimal(3), 3)
+    activity = AccountActivity.objects.get(account_id=ann)
+    assert (activity.events, activity.total) == (3, Decimal(3))
+    head = DjangoEventStore().get_global_position()
+    assert checkpoint() == head
+    assert checkpoint("InlineActivityUpsert") == head

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
 
 from django_eventsource import DjangoEventStore
+from tests.processes import start_celery_worker, stop
 from tests.testapp.models import AccountSummary
 from tests.testapp.projections import BATCH_TALLY, SUMMARY, open_account
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_tasks_are_registered_under_their_documented_names() -> None:
@@ -84,46 +77,12 @@ def test_a_celery_worker_runs_the_projections_task(redis_url: str) -> None:
 
     queue = f"eventsource-test-{uuid.uuid4().hex}"
     account = open_account(DjangoEventStore(), deposits=(5, 7))
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "EVENTSOURCE_TEST_DB_NAME": str(connection.settings_dict["NAME"]),
-        "EVENTSOURCE_TEST_PROJECTIONS": SUMMARY,
-        "EVENTSOURCE_TEST_CELERY_QUEUE": queue,
-    }
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "tests.celery_app",
-            "worker",
-            "--pool=solo",
-            "-Q",
-            queue,
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "--loglevel=WARNING",
-            "-n",
-            f"{queue}@%h",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    worker = start_celery_worker(SUMMARY, queue)
     try:
         result = app.send_task("django_eventsource.tasks.run_projections", queue=queue)
         outcome = result.get(timeout=60)
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        stop(worker)
 
     assert outcome["processed"] == {"AccountSummaryProjection": 3}
     assert AccountSummary.objects.get(account_id=account).balance == Decimal(12)

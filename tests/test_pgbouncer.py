@@ -26,7 +26,7 @@ from django_eventsource import DjangoEventStore, ExpectedVersion
 from django_eventsource.models import Checkpoint, EventRecord
 from tests.conftest import REQUIRE_SERVICES
 from tests.factories import account_history
-from tests.processes import start_run_projections
+from tests.processes import start_run_projections, stop
 from tests.services import free_port, wait_for_port
 from tests.testapp.models import HandledEvent
 
@@ -69,12 +69,7 @@ def pgbouncer_port() -> Iterator[int]:
         wait_for_port(port)
         yield port
     finally:
-        bouncer.terminate()
-        try:
-            bouncer.wait(30)
-        except subprocess.TimeoutExpired:
-            bouncer.kill()
-            bouncer.wait()
+        stop(bouncer, timeout=30)
         shutil.rmtree(directory, ignore_errors=True)
 
 

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
-from django.db import connection
 
 from django_eventsource import DjangoEventStore
 from django_eventsource.models import Checkpoint, EventRecord
 from django_eventsource.projections.segments import unit_name
+from tests.processes import start_celery_worker, stop
 from tests.test_segments import append_accounts, assert_exact
 from tests.testapp.segmented import SEGMENTED
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_dispatcher_is_registered_under_its_documented_name() -> None:
@@ -40,36 +33,7 @@ def test_a_worker_runs_one_task_per_unit_queued_by_the_dispatcher(redis_url: str
     queue = f"eventsource-test-{uuid.uuid4().hex}"
     store = DjangoEventStore()
     append_accounts(store, accounts=20, deposits=2)
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "EVENTSOURCE_TEST_DB_NAME": str(connection.settings_dict["NAME"]),
-        "EVENTSOURCE_TEST_PROJECTIONS": SEGMENTED,
-        "EVENTSOURCE_TEST_CELERY_QUEUE": queue,
-    }
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "tests.celery_app",
-            "worker",
-            "--pool=solo",
-            "-Q",
-            queue,
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "--loglevel=WARNING",
-            "-n",
-            f"{queue}@%h",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    worker = start_celery_worker(SEGMENTED, queue)
     units = [unit_name("SegmentedTally", index, 4) for index in range(4)]
     try:
         result = app.send_task("django_eventsource.tasks.dispatch_projections", queue=queue)
@@ -82,12 +46,7 @@ def test_a_worker_runs_one_task_per_unit_queued_by_the_dispatcher(redis_url: str
             assert worker.poll() is None
             time.sleep(0.05)
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        stop(worker)
 
     assert set(rows.filter(events_processed__gt=0).values_list("projection_name", flat=True)) == (
         set(units)

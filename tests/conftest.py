@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
 from django.conf import settings
 from django.db import connection
 
+from tests.browser import headless_chromium
 from tests.services import ThrowawayPostgres, postgres_tools_available
 
 REQUIRE_SERVICES = os.environ.get("EVENTSOURCE_REQUIRE_SERVICES") == "1"
@@ -53,6 +55,13 @@ def redis_url() -> str:
             pytest.fail(f"Redis is required but not reachable at {settings.REDIS_URL}")
         pytest.skip(f"Redis not reachable at {settings.REDIS_URL}")
     return str(settings.REDIS_URL)
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Headless Chromium (``tests/browser.py``); fails (CI) or skips when not installed."""
+    with headless_chromium() as driver:
+        yield driver
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,6 @@ their absence fails it.
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -21,13 +17,9 @@ from django.urls import reverse
 from django_eventsource import DeclarativeProjection, DjangoEventStore, handles
 from django_eventsource.models import DeadLetter
 from django_eventsource.projections.runner import run_projections
+from tests.browser import ARTIFACTS, WAIT_SECONDS
 from tests.factories import account_history
 from tests.testapp.domain import MoneyDeposited
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-WAIT_SECONDS = 20
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -46,41 +38,6 @@ class DepositLedger(DeclarativeProjection):
 
     def reset(self) -> None:
         DepositLedger.handled.clear()
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
-    if missing:
-        message = f"{', '.join(missing)} missing: run scripts/install-browser.sh"
-        if os.environ.get("EVENTSOURCE_REQUIRE_SERVICES") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    with tempfile.TemporaryDirectory(prefix="eventsource-chromium-") as profile:
-        options = webdriver.ChromeOptions()
-        options.binary_location = str(CHROMIUM)
-        for argument in (
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--window-size=1400,1000",
-            f"--user-data-dir={profile}",
-        ):
-            options.add_argument(argument)
-        driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-        driver.implicitly_wait(0)
-        try:
-            yield driver
-        finally:
-            driver.quit()
 
 
 @pytest.fixture

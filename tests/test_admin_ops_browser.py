@@ -8,11 +8,7 @@ the folder with the run). Needs Debian's ``chromium`` and ``chromium-driver``
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -24,51 +20,10 @@ from django.utils import timezone
 
 from django_eventsource import DjangoEventStore
 from django_eventsource.models import EventRecord, OutboxMessage
+from tests.browser import ARTIFACTS, WAIT_SECONDS, WIDTH
 from tests.factories import AccountOpenedFactory, account_history
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-WAIT_SECONDS = 20
-WIDTH = 1400
-
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
-    if missing:
-        message = f"{', '.join(missing)} missing: run scripts/install-browser.sh"
-        if os.environ.get("EVENTSOURCE_REQUIRE_SERVICES") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    with tempfile.TemporaryDirectory(prefix="eventsource-chromium-") as profile:
-        options = webdriver.ChromeOptions()
-        options.binary_location = str(CHROMIUM)
-        for argument in (
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            f"--window-size={WIDTH},1000",
-            f"--user-data-dir={profile}",
-        ):
-            options.add_argument(argument)
-        driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-        driver.implicitly_wait(0)
-        try:
-            yield driver
-        finally:
-            driver.quit()
 
 
 @pytest.fixture

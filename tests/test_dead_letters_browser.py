@@ -2,7 +2,7 @@
 
 Opens the dead letter, sees the events parked behind it, retries it after the fix and
 sees the whole sequence resolved. Needs Debian's ``chromium`` and ``chromium-driver``
-(see ``tests/test_admin_browser.py``).
+(see ``tests/browser.py``).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from django.urls import reverse
 from django_eventsource import DjangoEventStore
 from django_eventsource.models import DeadLetter
 from django_eventsource.projections.runner import run_projections
+from tests.browser import ARTIFACTS, WAIT_SECONDS
 from tests.factories import account_history
-from tests.test_admin_browser import ARTIFACTS, WAIT_SECONDS, DepositLedger
-from tests.test_admin_browser import browser as browser  # the fixture
+from tests.test_admin_browser import DepositLedger
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

@@ -2,7 +2,7 @@
 
 The example's order-summary projection dead-letters an order line whose SKU is not in the
 catalogue. The operator logs in, sees the dead letter, the product is added (the fix), and
-"Retry selected" resolves it. Same Chromium requirements as ``test_admin_browser``.
+"Retry selected" resolves it. Chromium as in ``tests/browser.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from uuid import uuid4
 
 import pytest
 
-from tests.test_admin_browser import ARTIFACTS, WAIT_SECONDS, browser  # noqa: F401
+from tests.browser import ARTIFACTS, WAIT_SECONDS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,7 +101,7 @@ def example_server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], dict[s
 
 
 def test_an_operator_retries_the_example_projects_dead_letter_in_its_admin(
-    browser: Any,  # noqa: F811
+    browser: Any,
     example_server: tuple[str, dict[str, str], dict[str, str]],
 ) -> None:
     from selenium.webdriver.common.by import By

@@ -43,9 +43,9 @@ from django.utils import timezone
 from ..conf import conf
 from ..context import event_context
 from ..events.base import DomainEvent
-from ..models import Checkpoint, DeadLetter, EventRecord
+from ..models import Checkpoint, EventRecord
 from ..stores.interface import StoredEvent, make_stream_id
-from ..stores.writes import CheckpointClaims, Inserted
+from ..stores.writes import CheckpointClaims, Inserted, checkpoint_claim
 from .base import BatchProjection, Projection
 
 logger = logging.getLogger("django_eventsource")
@@ -282,41 +282,21 @@ def _advance(
     # One raw statement: an append pays for it on every save.
     conn = connections[alias]
     meta = Checkpoint._meta
-    ops = conn.ops
 
     def prep(field: str, value: Any) -> Any:
         return meta.get_field(field).get_db_prep_value(value, conn)  # type: ignore[union-attr]
 
-    now = prep("updated_at", timezone.now())
-    column = ops.quote_name
-    blocked = ""
-    if keys:
-        letters = DeadLetter._meta.db_table
-        blocked = (
-            f" AND NOT EXISTS (SELECT 1 FROM {column(letters)} WHERE "
-            f"{column('projection_name')} = %s AND {column('status')} <> %s AND "
-            f"{column('sequence_key')} IN ({', '.join(['%s'] * len(keys))}))"
-        )
+    sql, params = checkpoint_claim(
+        conn,
+        name,
+        count,
+        keys,
+        (prep("last_event_id", last.event_id), last.event_type, prep("updated_at", timezone.now())),
+        moved_from=("%s", [before]),
+        moved_to=("%s", [last_position]),
+    )
     with conn.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {column(meta.db_table)} SET {column('position')} = %s, "
-            f"{column('last_event_id')} = %s, {column('last_event_type')} = %s, "
-            f"{column('last_processed_at')} = %s, {column('updated_at')} = %s, "
-            f"{column('events_processed')} = {column('events_processed')} + %s "
-            f"WHERE {column('projection_name')} = %s AND {column('position')} = %s "
-            f"AND {column('paused_at')} IS NULL{blocked}",
-            [
-                last_position,
-                prep("last_event_id", last.event_id),
-                last.event_type,
-                now,
-                now,
-                count,
-                name,
-                before,
-                *([name, DeadLetter.Status.RESOLVED.value, *keys] if keys else []),
-            ],
-        )
+        cursor.execute(sql, params)
         return bool(cursor.rowcount == 1)
 
 

@@ -308,53 +308,99 @@ def _postgres_append_statement(
     return _statements[key]
 
 
+def checkpoint_claim(
+    conn: BaseDatabaseWrapper,
+    name: str,
+    count: int,
+    keys: list[str],
+    last: tuple[Any, str, Any],
+    *,
+    moved_from: tuple[str, list[Any]],
+    moved_to: tuple[str, list[Any]],
+    source: str = "",
+    condition: str = "",
+) -> tuple[str, list[Any]]:
+    """The ``UPDATE`` that claims projection ``name``'s checkpoint, and its parameters.
+
+    It moves the checkpoint from ``moved_from`` to ``moved_to`` (SQL expressions with
+    their parameters), counting ``count`` events and recording ``last`` (the last
+    event's id and type and the time, as the database takes them), only while the
+    projection is not paused and none of ``keys`` (the sequence keys of the events to
+    apply) has an open dead letter; see ``projections/inline.py``. ``source`` (a
+    ``FROM`` clause) and ``condition`` (``AND …``) are added for a caller whose
+    positions come from another step of its statement.
+    """
+    qn = conn.ops.quote_name
+    to_sql, to_params = moved_to
+    from_sql, from_params = moved_from
+    blocked, blocked_params = "", []
+    if keys:
+        blocked = (
+            f" AND NOT EXISTS (SELECT 1 FROM {qn(str(DeadLetter._meta.db_table))} WHERE "
+            f"{qn('projection_name')} = %s AND {qn('status')} <> %s AND "
+            f"{qn('sequence_key')} IN ({', '.join(['%s'] * len(keys))}))"
+        )
+        blocked_params = [name, _RESOLVED, *keys]
+    last_id, last_type, now = last
+    sql = (
+        f"UPDATE {qn(str(Checkpoint._meta.db_table))} SET {qn('position')} = {to_sql}, "
+        f"{qn('last_event_id')} = %s, {qn('last_event_type')} = %s, "
+        f"{qn('last_processed_at')} = %s, {qn('updated_at')} = %s, "
+        f"{qn('events_processed')} = {qn('events_processed')} + %s{source} "
+        f"WHERE {qn('projection_name')} = %s AND {qn('position')} = {from_sql}{condition} "
+        f"AND {qn('paused_at')} IS NULL{blocked}"
+    )
+    params = [
+        *to_params,
+        last_id,
+        last_type,
+        now,
+        now,
+        count,
+        name,
+        *from_params,
+        *blocked_params,
+    ]
+    return sql, params
+
+
 def _claim_ctes(conn: BaseDatabaseWrapper, claims: CheckpointClaims) -> tuple[str, list[Any]]:
     """The ``bounds`` step and one ``claimed_<i>`` step per claim, with their parameters.
 
-    Each ``claimed_<i>`` is the ``UPDATE`` of ``projections/inline.py`` for one
-    projection, written out with plain parameters (what the planner handles fastest).
-    Its row also returns the checkpoint's position as of the statement's snapshot: when
-    the row had to be waited for, the ``UPDATE`` ran against the version another
-    transaction committed meanwhile, while the dead-letter check still saw the snapshot
-    (see ``run_inline_projections``).
+    Each ``claimed_<i>`` is the ``checkpoint_claim`` of one projection, from the
+    position before the inserted rows to the last of them, written out with plain
+    parameters (what the planner handles fastest). Its row also returns the
+    checkpoint's position as of the statement's snapshot: when the row had to be waited
+    for, the ``UPDATE`` ran against the version another transaction committed
+    meanwhile, while the dead-letter check still saw the snapshot (see
+    ``run_inline_projections``).
     """
     qn = conn.ops.quote_name
     checkpoints = qn(str(Checkpoint._meta.db_table))
-    letters = qn(str(DeadLetter._meta.db_table))
     name, position = qn("projection_name"), qn("position")
     ctes = [
         f"bounds AS (SELECT MIN({position}) AS first, MAX({position}) AS last, "
         "COUNT(*) AS n FROM inserted)"
     ]
     params: list[Any] = []
+    last = (claims.last_event_id, claims.last_event_type, claims.now)
     for index, (projection, count, keys) in enumerate(claims.claims):
-        blocked = ""
-        if keys:
-            blocked = (
-                f" AND NOT EXISTS (SELECT 1 FROM {letters} AS d WHERE d.{name} = %s "
-                f"AND d.{qn('status')} <> %s "
-                f"AND d.{qn('sequence_key')} IN ({', '.join(['%s'] * len(keys))}))"
-            )
+        update, update_params = checkpoint_claim(
+            conn,
+            projection,
+            count,
+            keys,
+            last,
+            moved_from=("b.first - 1", []),
+            moved_to=("b.last", []),
+            source=" FROM bounds AS b",
+            condition=" AND b.last - b.first + 1 = b.n",
+        )
         ctes.append(
-            f"claimed_{index} AS (UPDATE {checkpoints} AS c SET {position} = b.last, "
-            f"{qn('last_event_id')} = %s, {qn('last_event_type')} = %s, "
-            f"{qn('last_processed_at')} = %s, {qn('updated_at')} = %s, "
-            f"{qn('events_processed')} = c.{qn('events_processed')} + %s FROM bounds AS b "
-            f"WHERE c.{name} = %s AND c.{position} = b.first - 1 "
-            f"AND b.last - b.first + 1 = b.n AND c.{qn('paused_at')} IS NULL{blocked} "
-            f"RETURNING c.{name} AS name, "
+            f"claimed_{index} AS ({update} RETURNING {name} AS name, "
             f"(SELECT s.{position} FROM {checkpoints} AS s WHERE s.{name} = %s) AS seen)"
         )
-        params += [
-            claims.last_event_id,
-            claims.last_event_type,
-            claims.now,
-            claims.now,
-            count,
-            projection,
-            *([projection, _RESOLVED, *keys] if keys else []),
-            projection,
-        ]
+        params += [*update_params, projection]
     return ", ".join(ctes), params
 
 

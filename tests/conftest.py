@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlparse
 
@@ -62,6 +63,23 @@ def browser() -> Iterator[Any]:
     """Headless Chromium (``tests/browser.py``); fails (CI) or skips when not installed."""
     with headless_chromium() as driver:
         yield driver
+
+
+@pytest.fixture
+def make_bus(config: Any) -> Iterator[Callable[..., Any]]:
+    """Redis buses on the module's ``config`` fixture, with fields replaced; closed after."""
+    from django_eventsource.bus.redis import RedisEventBus
+
+    buses: list[RedisEventBus] = []
+
+    def make(**overrides: Any) -> RedisEventBus:
+        bus = RedisEventBus(replace(config, **overrides))
+        buses.append(bus)
+        return bus
+
+    yield make
+    for bus in buses:
+        bus.close()
 
 
 @pytest.fixture(scope="session")

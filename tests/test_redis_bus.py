@@ -9,7 +9,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -50,20 +49,6 @@ def config(redis_url: str) -> Iterator[RedisEventBusConfig]:
     cleaner = RedisEventBus(cfg)
     cleaner.client.delete(cfg.stream_name, cfg.dead_letter_stream)
     cleaner.close()
-
-
-@pytest.fixture
-def make_bus(config: RedisEventBusConfig) -> Iterator[Callable[..., RedisEventBus]]:
-    buses: list[RedisEventBus] = []
-
-    def make(**overrides: Any) -> RedisEventBus:
-        bus = RedisEventBus(replace(config, **overrides))
-        buses.append(bus)
-        return bus
-
-    yield make
-    for bus in buses:
-        bus.close()
 
 
 def test_published_events_are_stream_entries_with_id_type_and_json(

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
@@ -65,20 +64,6 @@ def config(redis_url: str) -> Iterator[RedisEventBusConfig]:
     if keys:
         cleaner.client.delete(*keys)
     cleaner.close()
-
-
-@pytest.fixture
-def make_bus(config: RedisEventBusConfig) -> Iterator[Callable[..., RedisEventBus]]:
-    buses: list[RedisEventBus] = []
-
-    def make(**overrides: Any) -> RedisEventBus:
-        bus = RedisEventBus(replace(config, **overrides))
-        buses.append(bus)
-        return bus
-
-    yield make
-    for bus in buses:
-        bus.close()
 
 
 def test_each_aggregate_goes_to_the_stream_of_its_bucket_in_order(

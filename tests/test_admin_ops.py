@@ -21,7 +21,8 @@ from django_eventsource.admin._common import ADMIN_STYLESHEET
 from django_eventsource.admin.dashboard import BEHIND, PAUSED, RUNNING, projection_status
 from django_eventsource.models import Checkpoint, EventRecord, OutboxMessage
 from django_eventsource.projections.django_dead_letters import DjangoDLQRepository
-from tests.factories import AccountOpenedFactory, account_history
+from tests.factories import account_history
+from tests.test_admin import outbox_row
 
 pytestmark = [pytest.mark.django_db]
 
@@ -50,20 +51,6 @@ def positions(response: Any) -> list[int]:
         int(p)
         for p in re.findall(r'<th class="field-event_position"><a [^>]*>(\d+)</a>', response.text)
     ]
-
-
-def outbox_row(status: str, **fields: Any) -> OutboxMessage:
-    event: DomainEvent = AccountOpenedFactory()
-    return OutboxMessage.objects.create(
-        event_id=event.event_id,
-        event_type=event.event_type,
-        aggregate_id=event.aggregate_id,
-        aggregate_type=event.aggregate_type,
-        aggregate_version=1,
-        event_data=event.to_dict(),
-        status=status,
-        **fields,
-    )
 
 
 def staff(*perms: str) -> Client:

@@ -6,7 +6,7 @@ import random
 from collections.abc import Iterator
 from decimal import Decimal
 from io import StringIO
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -30,6 +30,7 @@ from django_eventsource.projections.segments import (
     unit_name,
 )
 from django_eventsource.stores.interface import ReadOptions
+from tests.test_projection_crash import replay
 from tests.testapp.domain import AccountOpened, MoneyDeposited
 from tests.testapp.models import AccountSummary
 from tests.testapp.segmented import SEGMENTED, SegmentedTally
@@ -72,17 +73,6 @@ def append_accounts(store: DjangoEventStore, accounts: int, deposits: int) -> No
                 [events[step]],
                 ExpectedVersion.NO_STREAM if step == 0 else step,
             )
-
-
-def replay(store: DjangoEventStore) -> dict[UUID, tuple[Decimal, int]]:
-    state: dict[UUID, tuple[Decimal, int]] = {}
-    for stored in store.read_all():
-        event = stored.event
-        balance, seen = state.get(event.aggregate_id, (Decimal(0), 0))
-        if isinstance(event, MoneyDeposited):
-            balance += event.amount
-        state[event.aggregate_id] = (balance, seen + 1)
-    return state
 
 
 def assert_exact(store: DjangoEventStore) -> None:

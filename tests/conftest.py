@@ -12,6 +12,7 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlparse
 
@@ -19,6 +20,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
+from django_eventsource import DjangoEventStore
 from tests.browser import headless_chromium
 from tests.services import ThrowawayPostgres, postgres_tools_available
 
@@ -56,6 +58,22 @@ def redis_url() -> str:
             pytest.fail(f"Redis is required but not reachable at {settings.REDIS_URL}")
         pytest.skip(f"Redis not reachable at {settings.REDIS_URL}")
     return str(settings.REDIS_URL)
+
+
+@pytest.fixture
+def store() -> DjangoEventStore:
+    return DjangoEventStore()
+
+
+@pytest.fixture
+def poison() -> Iterator[set[Decimal]]:
+    """The amounts the test app's projections refuse (``POISON_AMOUNTS``), empty before
+    and after the test."""
+    from tests.testapp import projections
+
+    projections.POISON_AMOUNTS.clear()
+    yield projections.POISON_AMOUNTS
+    projections.POISON_AMOUNTS.clear()
 
 
 @pytest.fixture

@@ -48,17 +48,10 @@ from tests.testapp.projections import (
 pytestmark = [pytest.mark.django_db]
 
 
-@pytest.fixture
-def store() -> DjangoEventStore:
-    return DjangoEventStore()
-
-
 @pytest.fixture(autouse=True)
-def poison() -> Any:
-    test_projections.POISON_AMOUNTS.clear()
+def batches(poison: set[Decimal]) -> None:
+    """No poison amounts and no batches recorded yet."""
     test_projections.BatchLedgerProjection.batches = []
-    yield test_projections.POISON_AMOUNTS
-    test_projections.POISON_AMOUNTS.clear()
 
 
 def append_accounts(store: DjangoEventStore, accounts: int, deposits: int) -> None:

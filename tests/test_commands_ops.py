@@ -19,10 +19,9 @@ from django_eventsource import DjangoEventStore
 from django_eventsource.management.exit_codes import PROBLEM
 from django_eventsource.models import Checkpoint, OutboxMessage
 from django_eventsource.projections.exclusivity import exclusive
-from tests.testapp import projections as test_projections
 from tests.testapp.projections import FLAKY, SUMMARY, open_account
 
-pytestmark = [pytest.mark.django_db]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("poison")]
 
 
 class Terminal(StringIO):
@@ -30,18 +29,6 @@ class Terminal(StringIO):
 
     def isatty(self) -> bool:
         return True
-
-
-@pytest.fixture(autouse=True)
-def poison() -> Any:
-    test_projections.POISON_AMOUNTS.clear()
-    yield test_projections.POISON_AMOUNTS
-    test_projections.POISON_AMOUNTS.clear()
-
-
-@pytest.fixture
-def store() -> DjangoEventStore:
-    return DjangoEventStore()
 
 
 def run(*args: Any, stdout: StringIO | None = None, **options: Any) -> tuple[int, str]:

@@ -14,7 +14,6 @@ from django.test import override_settings
 
 from django_eventsource import DjangoEventStore
 from django_eventsource.models import Checkpoint, DeadLetter, OutboxMessage
-from tests.testapp import projections as test_projections
 from tests.testapp.models import AccountSummary, HandledEvent
 from tests.testapp.projections import FLAKY, SUMMARY, open_account
 
@@ -22,18 +21,6 @@ pytestmark = [
     pytest.mark.django_db,
     pytest.mark.usefixtures("poison"),
 ]
-
-
-@pytest.fixture
-def poison() -> Any:
-    test_projections.POISON_AMOUNTS.clear()
-    yield test_projections.POISON_AMOUNTS
-    test_projections.POISON_AMOUNTS.clear()
-
-
-@pytest.fixture
-def store() -> DjangoEventStore:
-    return DjangoEventStore()
 
 
 def run(*args: Any, **options: Any) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from uuid import UUID, uuid4
 
@@ -26,7 +25,7 @@ from tests.testapp.domain import Account, AccountOpened, MoneyDeposited
 from tests.testapp.models import AccountActivity, AccountSummary
 from tests.testapp.projections import INLINE_ACTIVITY_UPSERT, INLINE_BATCH_TALLY, INLINE_TALLY
 
-pytestmark = [pytest.mark.own_sql, pytest.mark.django_db]
+pytestmark = [pytest.mark.own_sql, pytest.mark.django_db, pytest.mark.usefixtures("poison")]
 
 NAME = "InlineTallyProjection"
 
@@ -34,13 +33,6 @@ NAME = "InlineTallyProjection"
 @pytest.fixture
 def repository() -> AggregateRepository[Account]:
     return AggregateRepository(DjangoEventStore(), Account)
-
-
-@pytest.fixture(autouse=True)
-def poison() -> Iterator[set[Decimal]]:
-    test_projections.POISON_AMOUNTS.clear()
-    yield test_projections.POISON_AMOUNTS
-    test_projections.POISON_AMOUNTS.clear()
 
 
 def open_and_deposit(

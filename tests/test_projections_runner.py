@@ -17,7 +17,6 @@ from django_eventsource.models import Checkpoint, DeadLetter, EventRecord
 from django_eventsource.projections.exclusivity import exclusivity_for
 from django_eventsource.projections.maintenance import retry_dead_letters
 from django_eventsource.projections.runner import checkpoint_db, load_projections, run_projections
-from tests.testapp import projections as test_projections
 from tests.testapp.models import AccountSummary, HandledEvent
 from tests.testapp.projections import (
     ASYNC_JOURNAL,
@@ -29,18 +28,6 @@ from tests.testapp.projections import (
 )
 
 pytestmark = [pytest.mark.own_sql, pytest.mark.django_db]
-
-
-@pytest.fixture
-def store() -> DjangoEventStore:
-    return DjangoEventStore()
-
-
-@pytest.fixture
-def poison() -> object:
-    test_projections.POISON_AMOUNTS.clear()
-    yield test_projections.POISON_AMOUNTS
-    test_projections.POISON_AMOUNTS.clear()
 
 
 def checkpoint_position(name: str) -> int:

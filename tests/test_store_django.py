@@ -75,11 +75,6 @@ def history(
     return events
 
 
-@pytest.fixture
-def store() -> DjangoEventStore:
-    return DjangoEventStore()
-
-
 def test_appended_events_load_back_equal_in_version_order(store: DjangoEventStore) -> None:
     account = uuid4()
     events = history(account, 3, tenant_id=uuid4())

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -47,6 +48,40 @@ def setup_django(backend: str) -> None:
 
     django.setup()
     call_command("migrate", run_syncdb=True, verbosity=0)
+
+
+def raw_connection(backend: str, *, autocommit: bool = False) -> tuple[Any, str]:
+    """A bare driver connection to Django's database, and the driver's placeholder.
+
+    psycopg 3 on PostgreSQL, preparing statements exactly when Django does (never by
+    default, after ``prepare_threshold`` executions with server-side binding), so a
+    comparison measures the library, not a connection setting; ``sqlite3`` otherwise,
+    in autocommit mode (transactions are opened with ``BEGIN``).
+    """
+    from django.db import connection
+
+    settings = connection.settings_dict
+    if backend == "postgres":
+        import psycopg
+
+        conn: Any = psycopg.connect(
+            host=settings["HOST"],
+            port=settings["PORT"],
+            user=settings["USER"],
+            dbname=settings["NAME"],
+            autocommit=autocommit,
+        )
+        options = settings.get("OPTIONS", {})
+        conn.prepare_threshold = (
+            options.get("prepare_threshold") if options.get("server_side_binding") else None
+        )
+        return conn, "%s"
+    import sqlite3
+
+    conn = sqlite3.connect(
+        settings["NAME"], isolation_level=None, timeout=30, check_same_thread=False
+    )
+    return conn, "?"
 
 
 def timed(func: Callable[[], object], repeat: int = 5) -> float:

@@ -41,26 +41,10 @@ class RawFold:
     """The reference: the same work through the bare driver."""
 
     def __init__(self, backend: str) -> None:
-        from django.db import connection
+        from benchmarks._harness import raw_connection
 
-        settings = connection.settings_dict
         self.postgres = backend == "postgres"
-        if self.postgres:
-            import psycopg
-
-            self.conn: Any = psycopg.connect(
-                host=settings["HOST"],
-                port=settings["PORT"],
-                user=settings["USER"],
-                dbname=settings["NAME"],
-            )
-            self.conn.prepare_threshold = None  # as Django's default connection
-            self.ph = "%s"
-        else:
-            import sqlite3
-
-            self.conn = sqlite3.connect(settings["NAME"], isolation_level=None, timeout=30)
-            self.ph = "?"
+        self.conn, self.ph = raw_connection(backend)
 
     def close(self) -> None:
         self.conn.close()

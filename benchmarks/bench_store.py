@@ -41,7 +41,7 @@ from uuid import UUID, uuid4
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._harness import Row, print_table, setup_django
+from benchmarks._harness import Row, print_table, raw_connection, setup_django
 
 COLUMNS = (
     "position, event_id, event_type, event_version, occurred_at, aggregate_id, aggregate_type, "
@@ -80,35 +80,8 @@ class Raw:
     """
 
     def __init__(self, backend: str) -> None:
-        from django.db import connection
-
         self.postgres = backend == "postgres"
-        settings = connection.settings_dict
-        if self.postgres:
-            import psycopg
-
-            self.conn: Any = psycopg.connect(
-                host=settings["HOST"],
-                port=settings["PORT"],
-                user=settings["USER"],
-                dbname=settings["NAME"],
-                autocommit=True,
-            )
-            # Prepare statements exactly when Django does: never by default, after
-            # ``prepare_threshold`` executions with server-side binding. Otherwise the
-            # comparison would measure a connection setting, not the library.
-            options = settings.get("OPTIONS", {})
-            self.conn.prepare_threshold = (
-                options.get("prepare_threshold") if options.get("server_side_binding") else None
-            )
-            self.ph = "%s"
-        else:
-            import sqlite3
-
-            self.conn = sqlite3.connect(
-                settings["NAME"], isolation_level=None, timeout=30, check_same_thread=False
-            )
-            self.ph = "?"
+        self.conn, self.ph = raw_connection(backend, autocommit=True)
 
     def close(self) -> None:
         self.conn.close()

@@ -21,7 +21,8 @@ from django.utils import timezone
 from django_eventsource import DjangoEventStore
 from django_eventsource.models import EventRecord, OutboxMessage
 from tests.browser import ARTIFACTS, WAIT_SECONDS, WIDTH
-from tests.factories import AccountOpenedFactory, account_history
+from tests.factories import account_history
+from tests.test_admin import outbox_row
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -84,15 +85,8 @@ def page_overflow(browser: Any) -> int:
 
 
 def test_the_outbox_detail_page_retries_a_failed_message(operator: Any) -> None:
-    event = AccountOpenedFactory()
-    row = OutboxMessage.objects.create(
-        event_id=event.event_id,
-        event_type=event.event_type,
-        aggregate_id=event.aggregate_id,
-        aggregate_type=event.aggregate_type,
-        aggregate_version=1,
-        event_data=event.to_dict(),
-        status=OutboxMessage.Status.FAILED,
+    row = outbox_row(
+        OutboxMessage.Status.FAILED,
         retry_count=12,
         last_error="ConnectionError: Error 111 connecting to redis:6379. Connection refused.",
     )
